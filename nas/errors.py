@@ -20,8 +20,10 @@ class SpecError(NasError):
     def __init__(self, path: str, problems: list[str]):
         self.path = path
         self.problems = problems
-        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
-        super().__init__(f"{path}: {count} in the spec:\n" + "\n".join(f"  - {p}" for p in problems))
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{path}: {len(problems)} problems in the spec:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class DataError(NasError):
@@ -45,3 +47,9 @@ class InvalidArchitecture(Exception):
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)
+
+
+class Interrupted(NasError):
+    """Ctrl-C or SIGTERM: the search stopped cleanly; finished trials are kept and a rerun resumes."""
+
+    exit_code = 130

@@ -1,0 +1,159 @@
+"""The Optuna backend: a define-by-run objective over the static flat space, with resume and retries.
+
+Storage is an RDBStorage with a heartbeat, so a trial whose process was SIGKILLed is turned into FAIL on
+the next start and re-run with the same params (RetryFailedTrialCallback) instead of staying RUNNING forever.
+The trial budget counts COMPLETE + PRUNED trials over the whole study, so reruns and (later) several
+workers on one study all stop at `search.trials`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.errors import NasError
+from nas.objective import TrialObjective
+from nas.space import SearchSpace
+from nas.spec.dims import Choice, FloatRange, IntRange
+from nas.spec.model import SearchSpec, Spec
+
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S, GRACE_S = 5, 20
+
+
+class TrialFailed(Exception):
+    """Raised from the objective so Optuna records FAIL; caught by study.optimize via `catch`."""
+
+
+def make_sampler(s: SearchSpec) -> optuna.samplers.BaseSampler:
+    n0 = s.startup_trials
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=n0)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "cmaes":
+        # CMA-ES handles the numeric dims; categorical ones are sampled independently at random
+        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=n0)
+    if s.sampler == "gp":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise NasError("search.sampler: 'gp' needs PyTorch, which is not installed; run `pip install -e '.[gp]'` "
+                           "(or `make install`), or choose sampler tpe") from None
+        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=n0)
+    return optuna.samplers.QMCSampler(seed=s.seed, scramble=True)
+
+
+def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
+    if s.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs), max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith(("sqlite:", "postgresql", "mysql")):
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else None,
+        )
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    raise NasError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///path.db, postgresql://..., "
+                   "mysql://...) or journal:<file>; fix the URL")
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, d in space.dims.items():
+        if isinstance(d, Choice):
+            params[name] = trial.suggest_categorical(name, list(d.values))
+        elif isinstance(d, IntRange):
+            params[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+        elif isinstance(d, FloatRange):
+            params[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+    return params
+
+
+def open_study(spec: Spec, storage_url: str) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna.create_study(
+        study_name=spec.name,
+        storage=make_storage(storage_url),
+        sampler=make_sampler(spec.search),
+        pruner=make_pruner(spec.search, spec.train.epochs),
+        directions=[o.resolved_direction for o in spec.search.objectives],
+        load_if_exists=True,
+    )
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: TrialObjective,
+               on_trial_done: Callable[[], None]) -> str:
+    """Run trials until the budget, the timeout or the failure limit. Returns why it stopped."""
+    s = spec.search
+    objectives = s.objectives
+    single = len(objectives) == 1
+    failures = 0
+    stop_reason = "budget"
+
+    def fn(trial: optuna.Trial) -> Any:
+        nonlocal failures
+        params = suggest(trial, space)
+
+        def should_prune(epoch: int, metrics: dict[str, float]) -> bool:
+            value = metrics.get(objectives[0].metric, math.nan)
+            if not math.isfinite(value):
+                return False
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        tags = {"nas.backend": "optuna"}
+        result = objective(trial.number, params, epochs=spec.train.epochs,
+                           should_prune=should_prune if single else None, tags=tags)
+        for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
+            if key in result.metrics and math.isfinite(result.metrics[key]):
+                trial.set_user_attr(key, result.metrics[key])
+        trial.set_user_attr("nas.state", result.state)
+        if result.reason:
+            trial.set_user_attr("reason", result.reason)
+        if result.state == "pruned":
+            raise optuna.TrialPruned(result.reason)
+        if result.state == "failed":
+            failures += 1
+            raise TrialFailed(result.reason)
+        values = result.values(objectives)
+        return values[0] if single else values
+
+    def after_trial(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal stop_reason
+        on_trial_done()
+        if count(study, *DONE_STATES) >= s.trials:
+            study.stop()
+        elif failures >= s.max_failed_trials:
+            stop_reason = "failures"
+            study.stop()
+
+    if count(study, *DONE_STATES) < s.trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna warns for every caught TrialFailed; we report it ourselves
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            study.optimize(fn, timeout=s.timeout, callbacks=[after_trial], catch=(TrialFailed,))
+    if stop_reason == "budget" and count(study, *DONE_STATES) < s.trials:
+        stop_reason = "timeout"
+    return stop_reason

@@ -1,0 +1,165 @@
+"""The `nas` command line: validate, search, ui, schema.
+
+Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the commands that need them, so
+`nas --help` and `nas validate` answer quickly. Every user mistake ends as one message and exit code 2;
+`--debug` adds the traceback for bug reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+
+from nas import __version__
+from nas.errors import NasError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines are noise in a terminal
+
+app = typer.Typer(
+    name="nas",
+    help="Neural architecture search for image-classification CNNs: YAML space -> Optuna -> Keras 3 -> MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+SpecArg = Annotated[Path, typer.Argument(help="the YAML search space, e.g. search_spaces/digits.yaml", show_default=False)]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="where run directories and the MLflow store live")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"nas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks (for bug reports)")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = None,
+) -> None:
+    """Run `nas COMMAND --help` for a command's options."""
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a spec and its data; print the space, its size, model sizes and impossible shapes."""
+    from nas.data_info import load_splits
+    from nas.spec import load_spec
+    from nas.validate import report
+
+    loaded = load_spec(spec)
+    with err_console.status("loading data"):
+        splits, info, description = load_splits(loaded)
+    s = report(loaded, info, description, (len(splits.train.y), len(splits.val.y), len(splits.test.y)), console)
+    if s.impossible + s.too_large == s.samples:
+        raise NasError(f"{spec}: every sampled architecture is impossible or too large; fix space.depth, "
+                       "space.strides, space.pooling or space.max_params")
+    console.print(f"[green]ok[/]: {spec} is valid")
+
+
+@app.command()
+def search(
+    spec: SpecArg,
+    runs_dir: RunsDir = Path("runs"),
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite file in the run dir)")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")] = None,
+    new: Annotated[bool, typer.Option("--new", help="start over: move an existing run dir aside instead of resuming")] = False,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="override search.trials")] = None,
+    timeout: Annotated[Optional[str], typer.Option(help="override search.timeout, e.g. 30m")] = None,
+    inline: Annotated[bool, typer.Option("--inline", help="train in this process instead of a worker process")] = False,
+) -> None:
+    """Run (or resume) the search a spec describes; rerunning the same command resumes it."""
+    from nas.search import SearchOptions, run
+    from nas.spec.model import _duration
+
+    seconds = None
+    if timeout is not None:
+        try:
+            seconds = float(_duration(timeout))
+        except ValueError as exc:
+            raise NasError(f"--timeout: {exc}") from None
+    opts = SearchOptions(runs_dir=runs_dir, storage=storage, tracking_uri=tracking_uri, new=new,
+                         trials=trials, timeout=seconds, inline=inline)
+    run(spec, opts, console)
+
+
+@app.command()
+def ui(
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
+    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it private to this machine")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
+) -> None:
+    """Open the MLflow UI over the tracking store of your searches."""
+    import subprocess
+
+    from nas.tracking import default_artifact_root, default_tracking_uri, ui_command
+
+    uri = tracking_uri or default_tracking_uri(runs_dir)
+    db = runs_dir / "mlflow.db"
+    if tracking_uri is None and not db.exists():
+        raise NasError(f"{db}: no MLflow store yet; run `nas search <spec>` first, or pass --runs-dir/--tracking-uri")
+    cmd = ui_command(uri, default_artifact_root(runs_dir), host=host, port=port)
+    console.print(f"MLflow UI on [bold]http://{host}:{port}[/] over {uri} (Ctrl-C to stop)")
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def schema(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
+) -> None:
+    """Write the spec's JSON Schema (for editor completion, e.g. the YAML language server)."""
+    from nas.spec.model import Spec
+
+    doc = Spec.model_json_schema()
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["title"] = "nas search spec"
+    text = json.dumps(doc, indent=2)
+    if output:
+        output.write_text(text + "\n")
+        err_console.print(f"wrote {output}; in VS Code add `# yaml-language-server: $schema={output}` atop a spec")
+    else:
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False, prog_name="nas")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        sys.exit(130)
+    except NasError as exc:
+        if debug:
+            traceback.print_exc()
+        err_console.print("[bold red]error:[/] ", end="")
+        err_console.print(str(exc), markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug in nas: say so plainly, keep the traceback one flag away
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", markup=True, soft_wrap=True)
+        if not debug:
+            err_console.print("This is a bug in nas. Rerun with --debug and include the output in a report.")
+        sys.exit(1)

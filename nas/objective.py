@@ -1,0 +1,115 @@
+"""One trial, the same for every backend: decode -> pre-flight -> train in the runner -> track -> judge.
+
+A backend (Optuna, KerasTuner) owns the loop and the sampling; it calls `TrialObjective` with sampled params,
+an epoch budget kept apart from them, and an optional prune hook, and gets back a `TrialResult` holding every
+metric, so single- and multi-objective searches read their values from the same place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas.arch import plan
+from nas.errors import InvalidArchitecture
+from nas.progress import Reporter
+from nas.rundir import RunDir, promote_best
+from nas.space import DataInfo, SearchSpace
+from nas.spec.model import Objective
+from nas.tracking import Tracker
+from nas.trial import TrialTask
+from nas.worker import Runner
+
+PruneHook = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrialResult:
+    state: str  # finished | pruned | failed
+    reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    traceback: str | None = None
+
+    def values(self, objectives: list[Objective]) -> list[float]:
+        return [float(self.metrics.get(o.metric, math.nan)) for o in objectives]
+
+
+def _better(a: float, b: float | None, direction: str) -> bool:
+    return b is None or (a > b if direction == "maximize" else a < b)
+
+
+class TrialObjective:
+    def __init__(self, *, space: SearchSpace, data: DataInfo, runner: Runner, tracker: Tracker,
+                 reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
+                 best_value: float | None = None, max_params: int | None = None):
+        self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
+        self.reporter, self.run, self.objectives, self.seed = reporter, run, objectives, seed
+        self.best_value, self.max_params = best_value, max_params
+        self.primary = objectives[0]
+
+    def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
+                 should_prune: PruneHook | None = None, tags: dict[str, str] | None = None) -> TrialResult:
+        candidate = self.space.decode(params, self.data)
+        run_id = self.tracker.start_trial(number, params, {"nas.trial": str(number), **(tags or {})})
+        try:
+            result = self._run(number, candidate, run_id, epochs, initial_epoch, should_prune)
+        except BaseException:
+            # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
+            self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
+            raise
+        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
+                               tags={"nas.traceback": result.traceback[-4000:]} if result.traceback else {})
+        self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
+        return result
+
+    def _run(self, number: int, candidate: Any, run_id: str, epochs: int, initial_epoch: int,
+             should_prune: PruneHook | None) -> TrialResult:
+        try:
+            shape = plan(candidate.arch)
+            if self.max_params and shape.params > self.max_params:
+                raise InvalidArchitecture(
+                    f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
+                    "rejected before training"
+                )
+        except InvalidArchitecture as exc:
+            return TrialResult("pruned", reason=exc.reason, metrics={"epochs_run": 0.0})
+        self.reporter.trial_started(number, shape.params)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
+            self.tracker.log_epoch(run_id, epoch, metrics)
+            self.reporter.epoch(number, epoch, metrics)
+            return "prune" if should_prune is not None and should_prune(epoch, metrics) else "continue"
+
+        pending = self.run.pending / f"trial-{number}.keras"
+        task = TrialTask(number=number, candidate=candidate, seed=self.seed + number, epochs=epochs,
+                         initial_epoch=initial_epoch, save_model_to=str(pending))
+        outcome = self.runner.run(task, on_epoch)
+        metrics: dict[str, float] = {
+            **{k: v for k, v in outcome.best.items() if k != "epoch"},
+            "best_epoch": outcome.best.get("epoch", math.nan),
+            "params": float(shape.params),
+            "flops": float(shape.flops),
+            "epochs_run": float(outcome.epochs_run),
+            "wall_time_s": outcome.wall_time_s,
+        }
+        result = TrialResult(outcome.state, outcome.reason, metrics, outcome.traceback)
+        if outcome.model_path:
+            self._judge(number, Path(outcome.model_path), candidate, result, self.runner.device)
+        return result
+
+    def _judge(self, number: int, model_path: Path, candidate: Any, result: TrialResult, device: str) -> None:
+        """Keep the model only if this trial is the new best by the primary objective."""
+        value = result.metrics.get(self.primary.metric, math.nan)
+        if math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
+            self.best_value = value
+            promote_best(self.run, model_path, candidate.arch.to_json(), {
+                "trial": number, "metrics": result.metrics, "train": candidate.to_dict()["train"],
+                "device": device, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+        else:
+            model_path.unlink(missing_ok=True)

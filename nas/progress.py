@@ -1,0 +1,149 @@
+"""What the user sees while a search runs: a live rich display on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Protocol
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+
+class Reporter(Protocol):
+    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None: ...
+    def trial_started(self, number: int, params_count: int) -> None: ...
+    def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None: ...
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.total = self.done = self.pruned = self.failed = self.epochs = 0
+        self.best: float | None = None
+        self.current: int | None = None
+        self.epoch = 0
+        self.current_val: float | None = None
+
+    def finish(self, state: str, metrics: dict[str, float]) -> None:
+        if state in ("finished", "pruned"):
+            self.done += 1
+        self.pruned += state == "pruned"
+        self.failed += state == "failed"
+        val = metrics.get("val_accuracy")
+        if state == "finished" and val is not None and (self.best is None or val > self.best):
+            self.best = val
+        self.current = None
+
+
+class RichReporter:
+    """Trial n/N bar with ETA, the running trial's epoch and val accuracy, best so far, pruned/failed."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.c = _Counts()
+        self.progress = Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), TextColumn("elapsed"), TimeElapsedColumn(), console=self.console,
+        )
+        self.task = self.progress.add_task("trials", total=1)
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self.started = False
+
+    def _status(self) -> Text:
+        c = self.c
+        running = (f"trial {c.current} epoch {c.epoch}/{c.epochs} val_acc {_fmt(c.current_val)}"
+                   if c.current is not None else "between trials")
+        return Text.assemble(
+            (running, "cyan"), "  |  best val_acc ", (_fmt(c.best), "bold green"),
+            f"  |  pruned {c.pruned}  failed {c.failed}",
+        )
+
+    def _render(self) -> Group:
+        return Group(self.progress, self._status())
+
+    def _refresh(self) -> None:
+        self.progress.update(self.task, completed=self.c.done, total=self.c.total)
+        self.live.update(self._render())
+
+    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None:
+        c = self.c
+        c.total, c.done, c.pruned, c.failed, c.best, c.epochs = total, done, pruned, failed, best, epochs
+        # ETA counts only this session's trials: reset the bar's clock to the resumed position
+        self.progress.reset(self.task, total=total, completed=done)
+        if not self.started:
+            self.live.start()
+            self.started = True
+        self._refresh()
+
+    def trial_started(self, number: int, params_count: int) -> None:
+        self.c.current, self.c.epoch, self.c.current_val = number, 0, None
+        self._refresh()
+
+    def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.c.epoch, self.c.current_val = epoch, metrics.get("val_accuracy")
+        self._refresh()
+
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None:
+        self.c.finish(state, metrics)
+        style = {"finished": "green", "pruned": "yellow", "failed": "red"}.get(state, "white")
+        tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else (reason or "")
+        self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
+        self._refresh()
+
+    def message(self, text: str) -> None:
+        self.live.console.print(text)
+
+    def close(self) -> None:
+        if self.started:
+            self._refresh()
+            self.live.stop()
+            self.started = False
+
+
+class PlainReporter:
+    """One line per event, for logs and CI (no cursor movement)."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.c = _Counts()
+        self.t0 = time.monotonic()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None:
+        c = self.c
+        c.total, c.done, c.pruned, c.failed, c.best, c.epochs = total, done, pruned, failed, best, epochs
+        self._print(f"search: {done}/{total} trials done, best val_accuracy {_fmt(best)}")
+
+    def trial_started(self, number: int, params_count: int) -> None:
+        self.c.current = number
+
+    def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None:
+        self.c.finish(state, metrics)
+        detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else reason or ""
+        self._print(f"trial {number:>3} {state:<8} {detail} [{self.c.done}/{self.c.total}, best {_fmt(self.c.best)}, "
+                    f"pruned {self.c.pruned}, failed {self.c.failed}, {time.monotonic() - self.t0:.0f}s]")
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+    def close(self) -> None:
+        pass
+
+
+def make_reporter(console: Console) -> Reporter:
+    return RichReporter(console) if console.is_terminal else PlainReporter(console.file)

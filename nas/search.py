@@ -1,0 +1,250 @@
+"""`nas search`: wire spec, data, run directory, tracking, runner and backend together, and report.
+
+The order matters for the user's contract: everything that can fail on bad input (spec, tracking URI,
+data, run directory) fails before the first epoch; once trials run, nothing done is ever lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from nas.errors import Interrupted, NasError
+from nas.rundir import RunDir, atomic_write, clear_pending, prepare
+from nas.spec.loader import LoadedSpec
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    runs_dir: Path = Path("runs")
+    storage: str | None = None
+    tracking_uri: str | None = None
+    new: bool = False
+    trials: int | None = None
+    timeout: float | None = None
+    inline: bool = False
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    run: RunDir
+    stop_reason: str
+    finished: int
+    pruned: int
+    failed: int
+    best_trial: int | None
+    best_metrics: dict[str, Any]
+
+
+def _with_overrides(loaded: LoadedSpec, opts: SearchOptions) -> LoadedSpec:
+    updates: dict[str, Any] = {}
+    if opts.trials is not None:
+        updates["trials"] = opts.trials
+    if opts.timeout is not None:
+        updates["timeout"] = opts.timeout
+    if not updates:
+        return loaded
+    spec = loaded.spec.model_copy(update={"search": loaded.spec.search.model_copy(update=updates)})
+    return LoadedSpec(spec=spec, path=loaded.path, text=loaded.text)
+
+
+def resolve_tracking_uri(loaded: LoadedSpec, opts: SearchOptions) -> str:
+    from nas.tracking import default_tracking_uri
+
+    uri = opts.tracking_uri or loaded.spec.tracking.uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # a relative sqlite path in the spec is relative to the spec file, like data paths
+        rel = uri.removeprefix("sqlite:///")
+        base = loaded.base_dir if not opts.tracking_uri else Path.cwd()
+        uri = f"sqlite:///{(base / rel).resolve().as_posix()}"
+    return uri or default_tracking_uri(opts.runs_dir)
+
+
+class _Sigterm:
+    """SIGTERM behaves like Ctrl-C: the same clean stop, so a scheduler's kill loses nothing."""
+
+    def __enter__(self) -> None:
+        self.prev = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self.prev)
+
+
+def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchSummary:
+    from nas.spec.loader import load_spec
+    from nas.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_uri, default_artifact_root
+
+    loaded = _with_overrides(load_spec(spec_path), opts)
+    spec = loaded.spec
+    uri = resolve_tracking_uri(loaded, opts)
+    if spec.tracking.enabled:
+        check_tracking_uri(uri)  # fail before any data loading or training
+
+    from nas.data_info import load_splits
+
+    with console.status("loading data"):
+        splits, info, description = load_splits(loaded)
+    console.print(f"data: {description}; train {len(splits.train.y)}, val {len(splits.val.y)}, "
+                  f"test {len(splits.test.y)} (held out), input {info.input_shape}, {info.num_classes} classes")
+
+    from nas.space import SearchSpace
+
+    space = SearchSpace(spec)
+    run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
+
+    from nas.backends import optuna_backend as ob
+
+    storage_url = opts.storage or f"sqlite:///{run_dir.study_db.resolve().as_posix()}"
+    study = ob.open_study(spec, storage_url)
+    stored_hash = study.user_attrs.get("nas.spec_hash")
+    if stored_hash and stored_hash != loaded.hash:
+        raise NasError(f"study {spec.name!r} in {storage_url} was created by a different spec; rerun with a "
+                       "new `name:` or point --storage elsewhere")
+    study.set_user_attr("nas.spec_hash", loaded.hash)
+
+    tracker: Tracker = NullTracker()
+    if spec.tracking.enabled:
+        tracker = MlflowTracker(uri, spec.tracking.experiment or spec.name, default_artifact_root(opts.runs_dir))
+    meta = run_dir.read_meta()
+    parent = tracker.start_search(
+        run_name=spec.name, spec_path=loaded.path, spec_hash=loaded.hash,
+        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None,
+        params={"backend": spec.search.backend, "sampler": spec.search.sampler, "pruner": spec.search.pruner,
+                "trials": spec.search.trials, "epochs": spec.train.epochs, "seed": spec.search.seed,
+                "space_dims": len(space.dims), "data": description},
+        tags={"nas.run_dir": str(run_dir.root.resolve())},
+    )
+    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, storage=storage_url)
+    stale = tracker.close_stale_trials() if resuming else 0
+    if resuming:
+        done = ob.count(study, *ob.DONE_STATES)
+        console.print(f"resuming {run_dir.root}: {done} of {spec.search.trials} trials already done"
+                      + (f"; {stale} interrupted MLflow run(s) closed" if stale else ""))
+
+    from nas.worker import InlineRunner, ProcessRunner, Runner
+
+    runner: Runner = (InlineRunner(splits, spec.train.deterministic) if opts.inline or not spec.search.isolate_trials
+                      else ProcessRunner(splits, deterministic=spec.train.deterministic,
+                                         max_tasks=spec.search.worker_max_trials,
+                                         log_path=str(run_dir.root / "worker.log")))
+
+    from nas.leaderboard import frame, table, write
+    from nas.objective import TrialObjective
+    from nas.progress import make_reporter
+
+    primary = spec.search.objectives[0]
+    best_value = _best_value(study, primary.resolved_direction) if (run_dir.best / "model.keras").exists() else None
+    reporter = make_reporter(console)
+    objective = TrialObjective(space=space, data=info, runner=runner, tracker=tracker, reporter=reporter,
+                               run=run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
+                               best_value=best_value, max_params=spec.space.max_params)
+
+    def save_leaderboard() -> Any:
+        df = frame(study.get_trials(deepcopy=False), spec.search.objectives)
+        if not df.empty:
+            write(df, run_dir.leaderboard)
+        return df
+
+    from optuna.trial import TrialState
+
+    reporter.search_started(
+        total=spec.search.trials, done=ob.count(study, *ob.DONE_STATES), pruned=ob.count(study, TrialState.PRUNED),
+        failed=ob.count(study, TrialState.FAIL), best=best_value if primary.metric == "val_accuracy" else None,
+        epochs=spec.train.epochs,
+    )
+    started = time.monotonic()
+    try:
+        with _Sigterm():
+            stop_reason = ob.run_search(study, spec, space, objective, on_trial_done=save_leaderboard)
+    except KeyboardInterrupt:
+        reporter.close()
+        runner.close()
+        save_leaderboard()
+        clear_pending(run_dir)
+        tracker.end_search("KILLED")
+        done = ob.count(study, *ob.DONE_STATES)
+        raise Interrupted(
+            f"interrupted: {done} of {spec.search.trials} trials are kept in {run_dir.root} (the running trial "
+            f"was discarded). Resume with: nas search {spec_path}"
+        ) from None
+    except BaseException:
+        reporter.close()
+        runner.close()
+        tracker.end_search("FAILED")
+        raise
+    reporter.close()
+    clear_pending(run_dir)
+    df = save_leaderboard()
+
+    finished = ob.count(study, TrialState.COMPLETE)
+    pruned, failed = ob.count(study, TrialState.PRUNED), ob.count(study, TrialState.FAIL)
+    best_file = run_dir.best / "model.keras"
+    best_trial, best_metrics = None, {}
+    if best_file.exists():
+        trial_info = json.loads((run_dir.best / "trial.json").read_text())
+        best_trial = int(trial_info["trial"])
+        with console.status("measuring the best model on the held-out test split"):
+            measured = runner.evaluate(str(best_file), ("val", "test"))
+        best_metrics = {
+            "trial": best_trial,
+            "val_accuracy_search": trial_info["metrics"].get("val_accuracy"),
+            **measured,
+            "params": trial_info["metrics"].get("params"),
+            "flops": trial_info["metrics"].get("flops"),
+            "objectives": [o.model_dump() for o in spec.search.objectives],
+            "data": description,
+            "spec_hash": loaded.hash,
+            "note": "val_accuracy is what the search optimized; test_accuracy is measured once, here, on data no trial saw",
+        }
+        atomic_write(run_dir.best / "metrics.json", json.dumps(best_metrics, indent=2))
+        tracker.log_artifacts([best_file, run_dir.best / "arch.json", run_dir.best / "metrics.json",
+                               run_dir.best / "trial.json"], "best")
+        tracker.log_artifacts([run_dir.leaderboard], None)
+        tracker.log_search_metrics({"best_val_accuracy": measured.get("val_accuracy", math.nan),
+                                    "best_test_accuracy": measured.get("test_accuracy", math.nan),
+                                    "best_trial": float(best_trial)})
+    runner.close()
+    tracker.end_search("FINISHED" if finished else "FAILED")
+
+    if not df.empty:
+        console.print(table(df))
+    elapsed = time.monotonic() - started
+    console.print(f"[bold]{_why(stop_reason, spec.search.max_failed_trials)}[/] in {elapsed:.0f}s: "
+                  f"{finished} finished, {pruned} pruned, {failed} failed")
+    if not finished:
+        reasons = df[df["state"].isin(["failed", "pruned"])]["reason"].value_counts().head(5) if not df.empty else {}
+        lines = "\n".join(f"  {n} x {r}" for r, n in dict(reasons).items())
+        raise NasError(f"no trial finished, so there is no best model. Most common reasons:\n{lines}\n"
+                       "Fix the space (see `nas validate`) or the training settings, then rerun.")
+    console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
+                  f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out)")
+    console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
+    if spec.tracking.enabled:
+        console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {uri}; browse with `nas ui`")
+    return SearchSummary(run_dir, stop_reason, finished, pruned, failed, best_trial, best_metrics)
+
+
+def _best_value(study: Any, direction: str) -> float | None:
+    from optuna.trial import TrialState
+
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not values:
+        return None
+    return max(values) if direction == "maximize" else min(values)
+
+
+def _why(reason: str, max_failed: int) -> str:
+    return {"budget": "search complete", "timeout": "search.timeout reached",
+            "failures": f"stopped after {max_failed} failed trials (search.max_failed_trials)"}.get(reason, reason)

@@ -1,0 +1,169 @@
+"""Read a YAML spec into a `Spec`, turning every problem into a message with file:line, key path and fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from nas.errors import SpecError
+from nas.spec.dims import did_you_mean
+from nas.spec.model import FiltersGrowth, Spec
+
+Loc = tuple[str | int, ...]
+
+# Keys whose value may legitimately change between a search and its resume (budget only).
+_RESUMABLE_KEYS = {("search", "trials"), ("search", "timeout"), ("tracking",)}
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    path: Path
+    text: str
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative data paths resolve against the spec's folder, never the cwd."""
+        return self.path.parent
+
+    @property
+    def hash(self) -> str:
+        """Identity of what the search explores; budget keys (trials, timeout) and tracking are left out."""
+        data = self.spec.model_dump(mode="json")
+        for loc in _RESUMABLE_KEYS:
+            node = data
+            for key in loc[:-1]:
+                node = node[key]
+            node.pop(loc[-1], None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 as a float (YAML 1.1 wants 1.0e-3; nobody writes that)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _line_map(text: str, path: str) -> tuple[Any, dict[Loc, int]]:
+    """Parse YAML safely and record the line of every key, so errors can point at it."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(path, [f"{path}{line}: YAML syntax error: {problem}. Check indentation and quoting on that line."]) from None
+    lines: dict[Loc, int] = {}
+
+    def walk(node: Any, loc: Loc) -> None:
+        lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    where = ".".join(str(p) for p in (*loc, key))
+                    raise SpecError(path, [f"{path}:{key_node.start_mark.line + 1}: {where}: the key appears twice; keep one"])
+                seen.add(key)
+                lines[(*loc, key)] = key_node.start_mark.line + 1
+                walk(value_node, (*loc, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+
+    if root is not None:
+        walk(root, ())
+    return data, lines
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `loc` (for listing valid keys)."""
+    model: Any = Spec
+    for key in loc:
+        if isinstance(key, int):
+            continue
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if key == "filters":
+            model = FiltersGrowth
+        if model is None:
+            return None
+    return model if isinstance(model, type) else None
+
+
+def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
+    # drop pydantic's union-branch tags ("FiltersGrowth", "function-plain[parse()]") from the path
+    loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+    # the closest line we know: the key itself, else its parent
+    line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+    where = f"{path}:{line}" if line else path
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        valid = list(owner.model_fields) if owner else []
+        hint = did_you_mean(str(loc[-1]), valid)
+        return f"{where}: {dotted}: unknown key.{hint} Valid keys here: {', '.join(valid)}."
+    if kind == "missing":
+        return f"{where}: {dotted}: required key is missing; add it (see `nas schema` or search_spaces/digits.yaml)."
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        options = [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]
+        hint = did_you_mean(str(err.get("input")), options)
+        return f"{where}: {dotted}: expected one of {expected}, got {err.get('input')!r}.{hint}"
+    if kind in ("model_type", "dict_type") or kind.startswith("model_attributes"):
+        return f"{where}: {dotted}: expected a mapping of keys (a YAML section), got {err.get('input')!r}."
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return f"{where}: {dotted}: {msg}."if not msg.endswith((".", "?")) else f"{where}: {dotted}: {msg}"
+
+
+def _is_losing_union_branch(err: dict[str, Any]) -> bool:
+    """`filters` is a number form or a {base, growth} mapping: report only the branch the input aimed at."""
+    tagged = [p for p in err["loc"] if isinstance(p, str) and (p[:1].isupper() or "[" in p)]
+    return bool(tagged) and err["type"] == "model_type"
+
+
+def parse_spec(text: str, path: str = "<spec>") -> Spec:
+    data, lines = _line_map(text, path)
+    if not isinstance(data, dict):
+        raise SpecError(path, [f"{path}: expected a YAML mapping with sections name, data, space, ... but the file holds {type(data).__name__}; start from search_spaces/digits.yaml"])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        errors = [e for e in exc.errors() if not _is_losing_union_branch(e)]
+        problems = list(dict.fromkeys(_message(e, path, lines) for e in errors))  # dedupe, keep order
+        raise SpecError(path, problems) from None
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [f"{path}: no such spec file; check the path (shipped examples are in search_spaces/)"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(str(path), [f"{path}: cannot read the spec ({exc.__class__.__name__}); pass a readable UTF-8 YAML file"]) from None
+    return LoadedSpec(spec=parse_spec(text, str(path)), path=p.resolve(), text=text)

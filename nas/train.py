@@ -1,0 +1,118 @@
+"""Train one candidate: build, compile, fit with per-epoch reporting, keep the best epoch's weights.
+
+Runs inside the trial worker (or inline). Talks to the outside only through `on_epoch`, which returns
+"continue" or "prune"; what to report and when to prune is the search loop's business, not ours.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from nas.arch import plan
+from nas.builder import build_model
+from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
+from nas.data.splits import Splits
+from nas.errors import InvalidArchitecture
+from nas.space import TrainConfig
+from nas.trial import EpochHook, TrialOutcome, TrialTask
+
+def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
+    wd = t.weight_decay or None
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(t.learning_rate, weight_decay=wd)
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
+    return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=wd)
+
+
+class _EpochCallback(keras.callbacks.Callback):
+    """Reports each epoch, stops on divergence or a prune decision, and remembers the best weights."""
+
+    def __init__(self, on_epoch: EpochHook, patience: int | None):
+        super().__init__()
+        self.on_epoch, self.patience = on_epoch, patience
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.best_weights: list[Any] | None = None
+        self.stopped: tuple[str, str] | None = None  # (state, reason)
+        self._since_best = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in _LOGGED}
+        metrics["epoch"] = epoch + 1
+        self.history.append(metrics)
+        loss = metrics.get("loss", math.nan)
+        if not math.isfinite(loss):
+            self.stopped = ("failed", f"diverged at epoch {epoch + 1} (loss {loss}); lower train.learning_rate")
+            self.model.stop_training = True
+            return
+        if metrics.get("val_accuracy", -1.0) > self.best.get("val_accuracy", -1.0):
+            self.best, self.best_weights, self._since_best = dict(metrics), self.model.get_weights(), 0
+        else:
+            self._since_best += 1
+        if self.on_epoch(epoch + 1, metrics) == "prune":
+            self.stopped = ("pruned", f"pruned at epoch {epoch + 1} (val_accuracy {metrics.get('val_accuracy', math.nan):.4f})")
+            self.model.stop_training = True
+        elif self.patience and self._since_best >= self.patience:
+            self.model.stop_training = True  # early stopping: a finished trial, not a pruned one
+
+
+_LOGGED = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutcome:
+    started = time.perf_counter()
+    arch, cfg = task.candidate.arch, task.candidate.train
+    try:
+        shape = plan(arch)
+    except InvalidArchitecture as exc:
+        return TrialOutcome("pruned", reason=exc.reason)
+    keras.utils.set_random_seed(task.seed)
+    model = build_model(arch)
+    model.compile(
+        optimizer=make_optimizer(cfg),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    train_ds = train_dataset(
+        splits.train, num_classes=arch.num_classes, batch_size=cfg.batch_size,
+        augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
+    )
+    val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
+    cb = _EpochCallback(on_epoch, cfg.early_stopping)
+    model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
+              callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
+    state, reason = cb.stopped or ("finished", None)
+    out = TrialOutcome(
+        state=state, reason=reason, history=cb.history, best=cb.best, epochs_run=len(cb.history),
+        params=shape.params, flops=shape.flops,
+    )
+    if state == "finished" and task.save_model_to and cb.best_weights is not None:
+        model.set_weights(cb.best_weights)
+        path = Path(task.save_model_to)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.keras")  # write then rename: a kill never leaves half a model
+        model.save(tmp)
+        tmp.replace(path)
+        out.model_path = str(path)
+    out.wall_time_s = time.perf_counter() - started
+    return out
+
+
+def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
+    """Accuracy and loss of a saved model on the named splits (the test split only ever here, at the end)."""
+    model = keras.models.load_model(model_path)
+    num_classes = model.output_shape[-1]
+    out: dict[str, float] = {}
+    for name in which:
+        split = getattr(splits, name)
+        ds = eval_dataset(split, num_classes=num_classes, batch_size=256)
+        probs = model.predict(ds, verbose=0)
+        out[f"{name}_accuracy"] = float((probs.argmax(axis=1) == split.y).mean())
+        out[f"{name}_samples"] = float(len(split.y))
+    return out

@@ -1,0 +1,219 @@
+"""Where trials execute: in a recycled child process (default) or inline.
+
+A child process bounds memory (TF grows ~12 MB per trial in one process even after clear_session) and
+turns a hard crash or an OOM kill into one failed trial instead of a dead search. The child only computes:
+every decision (prune or not) and every log line stays in the parent, which owns Optuna and MLflow.
+GPU placement is a seam here: `env` reaches the child before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import signal
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from nas.data.splits import Splits
+from nas.tf_setup import prepare_tensorflow
+from nas.trial import EpochHook, TrialOutcome, TrialTask
+
+QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+class Runner(Protocol):
+    device: str  # where trials train: "CPU" or "GPU:0"
+
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome: ...
+    def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]: ...
+    def close(self) -> None: ...
+
+
+def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutcome:
+    """Run one trial with the session cleared first; map exceptions to a failed outcome with a reason."""
+    import keras
+
+    from nas.train import run_trial
+
+    keras.backend.clear_session()
+    gc.collect()
+    try:
+        return run_trial(task, splits, on_epoch)
+    except Exception as exc:  # one trial's failure must never end the search
+        name = type(exc).__name__
+        if name == "ResourceExhaustedError":
+            reason = "out of memory; lower train.batch_size or space.max_params"
+        else:
+            summary = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            reason = f"{name}: {summary}" if summary else name
+        return _failed(reason, traceback.format_exc())
+
+
+def _failed(reason: str, tb: str) -> TrialOutcome:
+    return TrialOutcome("failed", reason=reason, traceback=tb)
+
+
+class InlineRunner:
+    """Trials in this process: no isolation, but no start-up cost. For debugging and benchmarks."""
+
+    def __init__(self, splits: Splits, deterministic: bool = True):
+        self.splits = splits
+        self.device = prepare_tensorflow(deterministic)
+
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
+        return _execute(task, self.splits, on_epoch)
+
+    def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
+        from nas.train import evaluate_model
+
+        return evaluate_model(model_path, self.splits, which)
+
+    def close(self) -> None:
+        pass
+
+
+def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    if log_path:
+        # TF's C++ runtime writes straight to fd 1/2; keep it out of the progress display but on disk.
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    device = prepare_tensorflow(deterministic)
+    from nas.train import evaluate_model
+
+    conn.send(("ready", device))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        if msg[0] == "trial":
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
+                conn.send(("epoch", epoch, metrics))
+                reply = conn.recv()
+                return str(reply[1])
+
+            conn.send(("result", _execute(msg[1], splits, on_epoch)))
+        elif msg[0] == "evaluate":
+            try:
+                conn.send(("result", evaluate_model(msg[1], splits, msg[2])))
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class ProcessRunner:
+    """One spawned child at a time, replaced after `max_tasks` trials or when it dies."""
+
+    def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 10,
+                 env: dict[str, str] | None = None, log_path: str | None = None,
+                 on_start: Callable[[str], None] | None = None):
+        self.splits, self.deterministic, self.max_tasks = splits, deterministic, max_tasks
+        self.log_path = log_path
+        self.env = {**QUIET_TF, **(env or {})}
+        self.on_start = on_start
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Any = None
+        self._tasks = 0
+        self.device = "?"
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update({k: v for k, v in self.env.items() if v})  # spawn copies os.environ at start
+        try:
+            self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits, self.deterministic, self.log_path),
+                                           name="nas-trial-worker", daemon=True)
+            self._proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self._conn, self._tasks = parent, 0
+        self.device = str(self._recv()[1])
+        if self.on_start:
+            self.on_start(self.device)
+
+    def _recv(self) -> Any:
+        while not self._conn.poll(0.2):
+            if not self._proc.is_alive():
+                code = self._proc.exitcode
+                self._reset()
+                raise WorkerDied(_death_reason(code))
+        try:
+            return self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self._reset()
+            raise WorkerDied(_death_reason(code)) from None
+
+    def _ensure(self) -> None:
+        if self._proc is None or not self._proc.is_alive() or self._tasks >= self.max_tasks:
+            self.close()
+            self._start()
+
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
+        self._ensure()
+        self._tasks += 1
+        self._conn.send(("trial", task))
+        try:
+            while True:
+                msg = self._recv()
+                if msg[0] == "epoch":
+                    self._conn.send(("decision", on_epoch(msg[1], msg[2])))
+                else:
+                    return msg[1]  # type: ignore[no-any-return]
+        except WorkerDied as exc:
+            return TrialOutcome("failed", reason=str(exc))
+        except BaseException:
+            self.close(force=True)  # Ctrl-C or an error in our own callback: the child is mid-trial
+            raise
+
+    def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
+        self._ensure()
+        self._conn.send(("evaluate", model_path, which))
+        msg = self._recv()
+        if msg[0] == "error":
+            raise RuntimeError(msg[1])
+        return msg[1]  # type: ignore[no-any-return]
+
+    def _reset(self) -> None:
+        self._proc, self._conn = None, None
+
+    def close(self, force: bool = False) -> None:
+        if self._proc is None:
+            return
+        if not force and self._proc.is_alive():
+            try:
+                self._conn.send(("stop",))
+                self._proc.join(10)
+            except (OSError, EOFError):
+                pass
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._reset()
+
+
+def _death_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (the system may have run out of memory)" if sig == "SIGKILL" else ""
+        return f"the trial's worker process was killed by {sig}{hint}"
+    return f"the trial's worker process exited unexpectedly (exit code {code})"
