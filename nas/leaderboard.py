@@ -47,15 +47,16 @@ def write(df: pd.DataFrame, path: Path) -> None:
 def table(df: pd.DataFrame, top: int = 10) -> Table:
     t = Table(title=f"top {min(top, len(df))} of {len(df)} trials", title_justify="left")
     for col, justify in (("trial", "right"), ("state", "left"), ("val_acc", "right"), ("params", "right"),
-                         ("MFLOPs", "right"), ("epochs", "right"), ("time", "right"), ("key params", "left")):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+                         ("MFLOPs", "right"), ("epochs", "right"), ("time", "right")):
+        t.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    t.add_column("key params (full list in leaderboard.csv)", no_wrap=True, overflow="ellipsis")
     param_cols = [c for c in df.columns if c.startswith("param.")]
     shown = [c for c in param_cols if not c.startswith("param.block.")][:5]
     for _, r in df.head(top).iterrows():
         def num(v: Any, fmt: str) -> str:
             return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-        keys = ", ".join(f"{c[6:]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
+        keys = " ".join(f"{c[6:]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
         t.add_row(str(r["trial"]), r["state"], num(r["val_accuracy"], ".4f"), num(r["params"], ",.0f"),
                   num(r["flops"] / 1e6 if not _isnan(r["flops"]) else math.nan, ".1f"),
                   num(r["epochs_run"], ".0f"), num(r["wall_time_s"], ".1f") + ("s" if not _isnan(r["wall_time_s"]) else ""),

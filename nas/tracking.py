@@ -135,6 +135,7 @@ class Tracker(Protocol):
     def end_trial(self, run_id: str, *, state: str, reason: str | None, metrics: dict[str, float],
                   tags: dict[str, str]) -> None: ...
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None: ...
+    def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
     def end_search(self, status: str) -> None: ...
     def close_stale_trials(self) -> int: ...
     def run_url(self, run_id: str) -> str | None: ...
@@ -158,6 +159,9 @@ class NullTracker:
         pass
 
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        pass
+
+    def log_search_metrics(self, metrics: dict[str, float]) -> None:
         pass
 
     def end_search(self, status: str) -> None:
@@ -340,6 +344,11 @@ class MlflowTracker:
         for path in paths:
             with self._guard(f"log the artifact {str(path)!r}"):
                 self._client.log_artifact(parent, str(path), artifact_path=artifact_path)
+
+    def log_search_metrics(self, metrics: dict[str, float]) -> None:
+        """Search-level results (best val/test accuracy, best trial) on the parent run."""
+        with self._guard("log the search results"):
+            self._batch(self.parent_run_id, metrics=metrics)
 
     def end_search(self, status: str) -> None:
         if status not in SEARCH_STATUSES:

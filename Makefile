@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv, install nas, run a real search on the bundled digits data
+#   make test   create .venv if needed, install nas with test extras, run the test suite
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast data bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; nas needs Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall only when the dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,gp]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/nas validate search_spaces/digits.yaml
+	$(BIN)/nas search search_spaces/digits.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# Fashion-MNIST (60k/10k gzipped IDX files) from the Debian package dataset-fashion-mnist, into data/.
+data:
+	bash scripts/fetch_fashion_mnist.sh data/fashion-mnist
+
+bench: install
+	$(BIN)/python bench/trial_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
