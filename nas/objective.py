@@ -25,6 +25,7 @@ from nas.trial import TrialTask
 from nas.worker import Runner
 
 PruneHook = Callable[[int, dict[str, float]], bool]
+_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass
@@ -61,7 +62,10 @@ class TrialObjective:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
             raise
-        metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        # Per-epoch curves keep their names; the best epoch's values get a best_ prefix so they do not
+        # land as a stray point at step 0 of the same curve in the MLflow charts.
+        metrics = {(f"best_{k}" if k in _EPOCH_METRICS else k): v for k, v in result.metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
         self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
                                tags={"nas.traceback": result.traceback[-4000:]} if result.traceback else {})
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason)

@@ -66,7 +66,8 @@ def test_search_writes_outputs_and_mlflow_runs(tiny_spec, tmp_path: Path) -> Non
         state = child.data.tags["nas.state"]
         assert child.info.status == {"finished": "FINISHED", "pruned": "KILLED"}[state]
         if state == "finished":
-            assert {"val_accuracy", "loss", "params", "flops", "epochs_run", "wall_time_s"} <= set(child.data.metrics)
+            assert {"val_accuracy", "loss", "best_val_accuracy", "params", "flops", "epochs_run",
+                    "wall_time_s"} <= set(child.data.metrics)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{(runs / 'mlflow.db').resolve()}")
