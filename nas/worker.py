@@ -146,19 +146,26 @@ class ProcessRunner:
         if self.on_start:
             self.on_start(self.device)
 
+    def _died(self) -> WorkerDied:
+        self._proc.join(5)
+        code = self._proc.exitcode
+        self._reset()
+        return WorkerDied(_death_reason(code))
+
     def _recv(self) -> Any:
         while not self._conn.poll(0.2):
             if not self._proc.is_alive():
-                code = self._proc.exitcode
-                self._reset()
-                raise WorkerDied(_death_reason(code))
+                raise self._died()
         try:
             return self._conn.recv()
-        except EOFError:
-            self._proc.join(5)
-            code = self._proc.exitcode
-            self._reset()
-            raise WorkerDied(_death_reason(code)) from None
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            self._conn.send(msg)
+        except OSError:  # broken pipe / reset: the child is gone
+            raise self._died() from None
 
     def _ensure(self) -> None:
         if self._proc is None or not self._proc.is_alive() or self._tasks >= self.max_tasks:
@@ -168,12 +175,12 @@ class ProcessRunner:
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
         self._ensure()
         self._tasks += 1
-        self._conn.send(("trial", task))
         try:
+            self._send(("trial", task))
             while True:
                 msg = self._recv()
                 if msg[0] == "epoch":
-                    self._conn.send(("decision", on_epoch(msg[1], msg[2])))
+                    self._send(("decision", on_epoch(msg[1], msg[2])))
                 else:
                     return msg[1]  # type: ignore[no-any-return]
         except WorkerDied as exc:
@@ -184,7 +191,7 @@ class ProcessRunner:
 
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
         self._ensure()
-        self._conn.send(("evaluate", model_path, which))
+        self._send(("evaluate", model_path, which))
         msg = self._recv()
         if msg[0] == "error":
             raise RuntimeError(msg[1])

@@ -1,0 +1,121 @@
+"""The Optuna loop with a scripted objective (no training): budget, states, pruning, failure limit, samplers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from nas.backends import optuna_backend as ob
+from nas.objective import TrialResult
+from nas.space import SearchSpace
+from nas.spec import parse_spec
+
+SPEC = """name: t
+data: {source: digits}
+space:
+  depth: {low: 1, high: 3}
+  filters: [8, 16]
+  dropout: {low: 0.0, high: 0.5}
+train:
+  epochs: 4
+  learning_rate: {low: 1e-4, high: 1e-1, log: true}
+search:
+  sampler: SAMPLER
+  pruner: PRUNER
+  trials: 6
+  seed: 3
+  startup_trials: 2
+  max_failed_trials: 2
+"""
+
+
+class Scripted:
+    """Stands in for TrialObjective: the result depends on the params, and each epoch asks the pruner."""
+
+    def __init__(self, fail: set[int] = frozenset(), invalid: set[int] = frozenset()):
+        self.fail, self.invalid, self.calls = fail, invalid, []
+
+    def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None) -> TrialResult:
+        self.calls.append((number, params, epochs))
+        if number in self.invalid:
+            return TrialResult("pruned", "block 3: 1x1 input cannot take stride 2", {"epochs_run": 0.0})
+        if number in self.fail:
+            return TrialResult("failed", "diverged at epoch 1 (loss nan)")
+        score = 1 - abs(math.log10(params["train.learning_rate"]) + 2.5) / 3
+        for epoch in range(1, epochs + 1):
+            metrics = {"val_accuracy": score * epoch / epochs, "val_loss": 1 - score}
+            if should_prune and should_prune(epoch, metrics):
+                return TrialResult("pruned", f"pruned at epoch {epoch}", {**metrics, "epochs_run": float(epoch)})
+        return TrialResult("finished", None, {**metrics, "params": 100.0, "epochs_run": float(epochs)})
+
+
+def run(tmp_path: Path, sampler: str = "tpe", pruner: str = "median", objective: Scripted | None = None,
+        spec_text: str = SPEC) -> tuple[optuna.Study, Scripted, str]:
+    spec = parse_spec(spec_text.replace("SAMPLER", sampler).replace("PRUNER", pruner))
+    study = ob.open_study(spec, f"sqlite:///{tmp_path / 'study.db'}")
+    objective = objective or Scripted()
+    reason = ob.run_search(study, spec, SearchSpace(spec), objective, on_trial_done=lambda: None)  # type: ignore[arg-type]
+    return study, objective, reason
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp", "qmc"])
+def test_every_sampler_respects_budget_and_space(tmp_path: Path, sampler: str) -> None:
+    study, objective, reason = run(tmp_path, sampler=sampler, pruner="none")
+    assert reason == "budget"
+    assert ob.count(study, *ob.DONE_STATES) == 6 == len(objective.calls)
+    space = SearchSpace(parse_spec(SPEC.replace("SAMPLER", sampler).replace("PRUNER", "none")))
+    assert all(space.contains(p) for _, p, _ in objective.calls)
+    assert all(epochs == 4 for _, _, epochs in objective.calls)  # the budget never travels in the params
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband"])
+def test_pruners_prune_through_the_epoch_hook(tmp_path: Path, pruner: str) -> None:
+    spec = SPEC.replace("trials: 6", "trials: 14")
+    study, _, _ = run(tmp_path, pruner=pruner, spec_text=spec)
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert pruned, f"{pruner} pruned nothing in 14 trials"
+    assert all(t.user_attrs["reason"].startswith("pruned at epoch") for t in pruned)
+
+
+def test_invalid_architectures_are_pruned_with_reason_and_count(tmp_path: Path) -> None:
+    study, _, _ = run(tmp_path, pruner="none", objective=Scripted(invalid={1, 2}))
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert [t.number for t in pruned] == [1, 2]
+    assert pruned[0].user_attrs["reason"] == "block 3: 1x1 input cannot take stride 2"
+    assert ob.count(study, *ob.DONE_STATES) == 6
+
+
+def test_failures_do_not_count_and_stop_the_search_at_the_limit(tmp_path: Path) -> None:
+    study, _, reason = run(tmp_path, pruner="none", objective=Scripted(fail={0}))
+    assert reason == "budget" and ob.count(study, *ob.DONE_STATES) == 6  # one failure: retried with new params
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert failed[0].user_attrs["reason"] == "diverged at epoch 1 (loss nan)"
+
+    (tmp_path / "b").mkdir()
+    study, _, reason = run(tmp_path / "b", pruner="none", objective=Scripted(fail={0, 1, 2, 3}))
+    assert reason == "failures"
+    assert len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) == 2
+
+
+def test_rerun_continues_to_the_budget(tmp_path: Path) -> None:
+    run(tmp_path, pruner="none")
+    more = SPEC.replace("trials: 6", "trials: 8")
+    study, objective, _ = run(tmp_path, pruner="none", spec_text=more)
+    assert len(objective.calls) == 2 and ob.count(study, *ob.DONE_STATES) == 8
+
+
+def test_multi_objective_returns_every_value(tmp_path: Path) -> None:
+    spec = SPEC.replace("  max_failed_trials: 2\n", "  max_failed_trials: 2\n  objectives: [val_accuracy, params]\n")
+    study, _, _ = run(tmp_path, pruner="none", spec_text=spec)
+    assert all(len(t.values) == 2 for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def test_storage_url_errors_are_clear() -> None:
+    from nas.errors import NasError
+
+    with pytest.raises(NasError, match=r"--storage 'redis://x': expected an Optuna storage URL"):
+        ob.make_storage("redis://x")
