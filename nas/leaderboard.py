@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich import box
 from rich.table import Table
 
 from nas.spec.model import Objective
@@ -45,22 +46,29 @@ def write(df: pd.DataFrame, path: Path) -> None:
 
 
 def table(df: pd.DataFrame, top: int = 10) -> Table:
-    t = Table(title=f"top {min(top, len(df))} of {len(df)} trials", title_justify="left")
-    for col, justify in (("trial", "right"), ("state", "left"), ("val_acc", "right"), ("params", "right"),
-                         ("MFLOPs", "right"), ("epochs", "right"), ("time", "right")):
-        t.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    t.add_column("key params (full list in leaderboard.csv)", no_wrap=True, overflow="ellipsis")
+    """The top trials; numbers never shrink, the key-params column takes what width is left."""
     param_cols = [c for c in df.columns if c.startswith("param.")]
     shown = [c for c in param_cols if not c.startswith("param.block.")][:5]
-    for _, r in df.head(top).iterrows():
-        def num(v: Any, fmt: str) -> str:
-            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
-        keys = " ".join(f"{c[6:]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
-        t.add_row(str(r["trial"]), r["state"], num(r["val_accuracy"], ".4f"), num(r["params"], ",.0f"),
-                  num(r["flops"] / 1e6 if not _isnan(r["flops"]) else math.nan, ".1f"),
-                  num(r["epochs_run"], ".0f"), num(r["wall_time_s"], ".1f") + ("s" if not _isnan(r["wall_time_s"]) else ""),
-                  keys or (r["reason"][:60] if r["reason"] else ""))
+    def num(v: Any, fmt: str, unit: str = "") -> str:
+        return "-" if v is None or _isnan(v) else format(v, fmt) + unit
+
+    rows = []
+    for _, r in df.head(top).iterrows():
+        keys = " ".join(f"{c.rsplit('.', 1)[-1]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
+        rows.append([str(r["trial"]), str(r["state"]), num(r["val_accuracy"], ".4f"), num(r["params"], ",.0f"),
+                     num(r["flops"] / 1e6 if not _isnan(r["flops"]) else math.nan, ".1f"),
+                     num(r["epochs_run"], ".0f"), num(r["wall_time_s"], ".1f", "s"),
+                     keys or (str(r["reason"])[:80] if r["reason"] else "")])
+    t = Table(title=f"top {len(rows)} of {len(df)} trials", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1), collapse_padding=True, show_edge=False)
+    heads = ["trial", "state", "val_acc", "params", "MFLOPs", "epochs", "time"]
+    for i, head in enumerate(heads):
+        width = max([len(head), *(len(row[i]) for row in rows)])
+        t.add_column(head, justify="left" if head == "state" else "right", no_wrap=True, min_width=width)
+    t.add_column("key params (all in leaderboard.csv)", no_wrap=True, overflow="ellipsis")
+    for row in rows:
+        t.add_row(*row)
     return t
 
 
