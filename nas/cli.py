@@ -8,7 +8,6 @@ Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the commands th
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,8 +19,6 @@ from rich.console import Console
 
 from nas import __version__
 from nas.errors import NasError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO lines are noise in a terminal
 
 app = typer.Typer(
     name="nas",
@@ -90,6 +87,8 @@ def search(
             seconds = float(_duration(timeout))
         except ValueError as exc:
             raise NasError(f"--timeout: {exc}") from None
+        if seconds <= 0:
+            raise NasError(f"--timeout: expected a positive duration such as 30m, got {timeout!r}")
     opts = SearchOptions(runs_dir=runs_dir, storage=storage, tracking_uri=tracking_uri, new=new,
                          trials=trials, timeout=seconds, inline=inline)
     run(spec, opts, console)

@@ -21,11 +21,10 @@ from nas.rundir import RunDir, promote_best
 from nas.space import DataInfo, SearchSpace
 from nas.spec.model import Objective
 from nas.tracking import Tracker
-from nas.trial import TrialTask
+from nas.trial import EPOCH_METRICS, TrialTask
 from nas.worker import Runner
 
 PruneHook = Callable[[int, dict[str, float]], bool]
-_EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass
@@ -34,6 +33,7 @@ class TrialResult:
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     traceback: str | None = None
+    error: bool = False  # failed through an exception or a dead worker (counts toward max_failed_trials)
 
     def values(self, objectives: list[Objective]) -> list[float]:
         return [float(self.metrics.get(o.metric, math.nan)) for o in objectives]
@@ -64,7 +64,7 @@ class TrialObjective:
             raise
         # Per-epoch curves keep their names; the best epoch's values get a best_ prefix so they do not
         # land as a stray point at step 0 of the same curve in the MLflow charts.
-        metrics = {(f"best_{k}" if k in _EPOCH_METRICS else k): v for k, v in result.metrics.items()
+        metrics = {(f"best_{k}" if k in EPOCH_METRICS else k): v for k, v in result.metrics.items()
                    if isinstance(v, (int, float)) and math.isfinite(v)}
         self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
                                tags={"nas.traceback": result.traceback[-4000:]} if result.traceback else {})
@@ -90,18 +90,20 @@ class TrialObjective:
             return "prune" if should_prune is not None and should_prune(epoch, metrics) else "continue"
 
         pending = self.run.pending / f"trial-{number}.keras"
+        monitor = self.primary.metric if self.primary.metric in EPOCH_METRICS else "val_accuracy"
+        mode = self.primary.resolved_direction if monitor == self.primary.metric else "maximize"
         task = TrialTask(number=number, candidate=candidate, seed=self.seed + number, epochs=epochs,
-                         initial_epoch=initial_epoch, save_model_to=str(pending))
+                         initial_epoch=initial_epoch, save_model_to=str(pending), monitor=monitor, mode=mode)
         outcome = self.runner.run(task, on_epoch)
         metrics: dict[str, float] = {
-            **{k: v for k, v in outcome.best.items() if k != "epoch"},
-            "best_epoch": outcome.best.get("epoch", math.nan),
+            **outcome.best,
+            "best_epoch": float(outcome.best_epoch or math.nan),
             "params": float(shape.params),
             "flops": float(shape.flops),
             "epochs_run": float(outcome.epochs_run),
             "wall_time_s": outcome.wall_time_s,
         }
-        result = TrialResult(outcome.state, outcome.reason, metrics, outcome.traceback)
+        result = TrialResult(outcome.state, outcome.reason, metrics, outcome.traceback, error=outcome.error)
         if outcome.model_path:
             self._judge(number, Path(outcome.model_path), candidate, result, self.runner.device)
         return result

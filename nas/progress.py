@@ -18,7 +18,6 @@ class Reporter(Protocol):
     def trial_started(self, number: int, params_count: int) -> None: ...
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None: ...
     def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None: ...
-    def message(self, text: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -100,9 +99,6 @@ class RichReporter:
         self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
         self._refresh()
 
-    def message(self, text: str) -> None:
-        self.live.console.print(text)
-
     def close(self) -> None:
         if self.started:
             self._refresh()
@@ -137,9 +133,6 @@ class PlainReporter:
         detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else reason or ""
         self._print(f"trial {number:>3} {state:<8} {detail} [{self.c.done}/{self.c.total}, best {_fmt(self.c.best)}, "
                     f"pruned {self.c.pruned}, failed {self.c.failed}, {time.monotonic() - self.t0:.0f}s]")
-
-    def message(self, text: str) -> None:
-        self._print(text)
 
     def close(self) -> None:
         pass

@@ -62,24 +62,14 @@ def atomic_write(path: Path, text: str) -> None:
 
 def _changed_keys(old_text: str, new: LoadedSpec) -> list[str]:
     """Dotted keys whose values differ between the spec a run started with and the new one."""
-    from nas.spec.loader import parse_spec
+    from nas.spec.loader import flat_keys, parse_spec
 
     try:
-        old = parse_spec(old_text, "spec.yaml").model_dump(mode="json")
+        a = flat_keys(parse_spec(old_text, "spec.yaml"))
     except Exception:
         return ["(the old spec no longer parses)"]
-    cur = new.spec.model_dump(mode="json")
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(d, dict):
-            out: dict[str, Any] = {}
-            for k, v in d.items():
-                out.update(flat(v, f"{prefix}{k}."))
-            return out
-        return {prefix[:-1]: d}
-
-    a, b = flat(old), flat(cur)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(("search.trials", "search.timeout", "tracking.")))
+    b = flat_keys(new.spec)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, bool]:
@@ -117,18 +107,37 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
         ) from None
     except OSError as exc:
         raise RunDirError(f"{run.root}: cannot use the run directory ({exc}); choose another with --runs-dir") from None
-    if not existing:
+    if existing:
+        recover_best(run)
+    else:
         atomic_write(run.spec_copy, loaded.text)
         run.write_meta(spec_hash=loaded.hash, spec_path=str(loaded.path), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run, existing
 
 
 def promote_best(run: RunDir, model_path: Path, arch_json: str, trial: dict[str, Any]) -> None:
-    """Make a trial's model the current best: best/model.keras, arch.json, trial.json (atomic per file)."""
-    run.best.mkdir(parents=True, exist_ok=True)
-    os.replace(model_path, run.best / "model.keras")
-    atomic_write(run.best / "arch.json", arch_json)
-    atomic_write(run.best / "trial.json", json.dumps(trial, indent=2, sort_keys=True, default=str))
+    """Make a trial's model the current best. best/ is swapped as a whole (model, arch.json, trial.json
+    from one trial, never a mix), via best.new/ -> best/; `recover_best` finishes a swap a kill interrupted."""
+    new, old = run.root / "best.new", run.root / "best.old"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    os.replace(model_path, new / "model.keras")
+    (new / "arch.json").write_text(arch_json, encoding="utf-8")
+    (new / "trial.json").write_text(json.dumps(trial, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    if run.best.exists():
+        os.replace(run.best, old)
+    os.replace(new, run.best)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_best(run: RunDir) -> None:
+    new, old = run.root / "best.new", run.root / "best.old"
+    if not run.best.exists() and (new / "trial.json").exists():
+        os.replace(new, run.best)  # killed between the two renames: the new best was complete
+    elif not run.best.exists() and old.exists():
+        os.replace(old, run.best)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def clear_pending(run: RunDir) -> None:

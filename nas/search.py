@@ -84,13 +84,20 @@ class _Sigterm:
 
 def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchSummary:
     from nas.spec.loader import load_spec
-    from nas.tracking import MlflowTracker, NullTracker, Tracker, check_tracking_uri, default_artifact_root
+    from nas.tracking import MlflowTracker, NullTracker, Tracker, default_artifact_root
 
     loaded = _with_overrides(load_spec(spec_path), opts)
     spec = loaded.spec
-    uri = resolve_tracking_uri(loaded, opts)
-    if spec.tracking.enabled:
-        check_tracking_uri(uri)  # fail before any data loading or training
+    # What a previous session of this run recorded (read only: the run dir is prepared after the data loads,
+    # so that a spec whose data path is wrong never claims a run directory).
+    previous = RunDir(opts.runs_dir / spec.name).read_meta()
+    if opts.new or previous.get("spec_hash") != loaded.hash:
+        previous = {}
+    uri = resolve_tracking_uri(loaded, opts) if (opts.tracking_uri or spec.tracking.uri or not previous) \
+        else previous.get("tracking_uri") or resolve_tracking_uri(loaded, opts)
+    tracker: Tracker = NullTracker()
+    if spec.tracking.enabled:  # connects (and fails fast on a bad URI) before any data loading or training
+        tracker = MlflowTracker(uri, spec.tracking.experiment or spec.name, default_artifact_root(opts.runs_dir))
 
     from nas.data_info import load_splits
 
@@ -103,21 +110,25 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
 
     space = SearchSpace(spec)
     run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
+    meta = run_dir.read_meta()
 
     from nas.backends import optuna_backend as ob
 
-    storage_url = opts.storage or f"sqlite:///{run_dir.study_db.resolve().as_posix()}"
-    study = ob.open_study(spec, storage_url)
+    local_storage = f"sqlite:///{run_dir.study_db.resolve().as_posix()}"
+    storage_url = opts.storage or meta.get("storage") or local_storage
+    if resuming and opts.storage and meta.get("storage") and opts.storage != meta["storage"]:
+        raise NasError(f"{run_dir.root}: this search is stored in {meta['storage']!r}, not {opts.storage!r}; "
+                       "rerun with the same --storage, or start over with --new")
+    # One run dir, one study. A shared external storage gets a fresh study name after --new.
+    study_name = meta.get("study_name") or (
+        spec.name if storage_url == local_storage or not opts.new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    study = ob.open_study(spec, storage_url, study_name)
     stored_hash = study.user_attrs.get("nas.spec_hash")
     if stored_hash and stored_hash != loaded.hash:
-        raise NasError(f"study {spec.name!r} in {storage_url} was created by a different spec; rerun with a "
-                       "new `name:` or point --storage elsewhere")
+        raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
+                       "--new (a separate study) or give the spec another `name:`")
     study.set_user_attr("nas.spec_hash", loaded.hash)
 
-    tracker: Tracker = NullTracker()
-    if spec.tracking.enabled:
-        tracker = MlflowTracker(uri, spec.tracking.experiment or spec.name, default_artifact_root(opts.runs_dir))
-    meta = run_dir.read_meta()
     parent = tracker.start_search(
         run_name=spec.name, spec_path=loaded.path, spec_hash=loaded.hash,
         resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None,
@@ -126,7 +137,7 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
                 "space_dims": len(space.dims), "data": description},
         tags={"nas.run_dir": str(run_dir.root.resolve())},
     )
-    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, storage=storage_url)
+    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, storage=storage_url, study_name=study_name)
     stale = tracker.close_stale_trials() if resuming else 0
     if resuming:
         done = ob.count(study, *ob.DONE_STATES)
@@ -145,7 +156,7 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
     from nas.progress import make_reporter
 
     primary = spec.search.objectives[0]
-    best_value = _best_value(study, primary.resolved_direction) if (run_dir.best / "model.keras").exists() else None
+    best_value = current_best_value(run_dir, primary.metric)
     reporter = make_reporter(console)
     objective = TrialObjective(space=space, data=info, runner=runner, tracker=tracker, reporter=reporter,
                                run=run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
@@ -190,33 +201,11 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
 
     finished = ob.count(study, TrialState.COMPLETE)
     pruned, failed = ob.count(study, TrialState.PRUNED), ob.count(study, TrialState.FAIL)
-    best_file = run_dir.best / "model.keras"
-    best_trial, best_metrics = None, {}
-    if best_file.exists():
-        trial_info = json.loads((run_dir.best / "trial.json").read_text())
-        best_trial = int(trial_info["trial"])
-        with console.status("measuring the best model on the held-out test split"):
-            measured = runner.evaluate(str(best_file), ("val", "test"))
-        best_metrics = {
-            "trial": best_trial,
-            "val_accuracy_search": trial_info["metrics"].get("val_accuracy"),
-            **measured,
-            "params": trial_info["metrics"].get("params"),
-            "flops": trial_info["metrics"].get("flops"),
-            "objectives": [o.model_dump() for o in spec.search.objectives],
-            "data": description,
-            "spec_hash": loaded.hash,
-            "note": "val_accuracy is what the search optimized; test_accuracy is measured once, here, on data no trial saw",
-        }
-        atomic_write(run_dir.best / "metrics.json", json.dumps(best_metrics, indent=2))
-        tracker.log_artifacts([best_file, run_dir.best / "arch.json", run_dir.best / "metrics.json",
-                               run_dir.best / "trial.json"], "best")
-        tracker.log_artifacts([run_dir.leaderboard], None)
-        tracker.log_search_metrics({"best_val_accuracy": measured.get("val_accuracy", math.nan),
-                                    "best_test_accuracy": measured.get("test_accuracy", math.nan),
-                                    "best_trial": float(best_trial)})
-    runner.close()
-    tracker.end_search("FINISHED" if finished else "FAILED")
+    try:
+        best_trial, best_metrics = _measure_best(run_dir, runner, spec, loaded.hash, description, tracker, console)
+    finally:
+        runner.close()
+        tracker.end_search("FINISHED" if finished else "FAILED")
 
     if not df.empty:
         console.print(table(df))
@@ -228,21 +217,60 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
         lines = "\n".join(f"  {n} x {r}" for r, n in dict(reasons).items())
         raise NasError(f"no trial finished, so there is no best model. Most common reasons:\n{lines}\n"
                        "Fix the space (see `nas validate`) or the training settings, then rerun.")
-    console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
-                  f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out)")
+    if best_trial is not None:
+        console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
+                      f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out)")
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
     if spec.tracking.enabled:
         console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {uri}; browse with `nas ui`")
     return SearchSummary(run_dir, stop_reason, finished, pruned, failed, best_trial, best_metrics)
 
 
-def _best_value(study: Any, direction: str) -> float | None:
-    from optuna.trial import TrialState
+def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, description: str, tracker: Any,
+                  console: Console) -> tuple[int | None, dict[str, Any]]:
+    """Measure best/model.keras once on val and the held-out test split; write metrics.json; log to MLflow."""
+    best_file = run_dir.best / "model.keras"
+    try:
+        trial_info = json.loads((run_dir.best / "trial.json").read_text())
+    except (OSError, ValueError):
+        return None, {}
+    if not best_file.exists():
+        return None, {}
+    with console.status("measuring the best model on the held-out test split"):
+        try:
+            measured = runner.evaluate(str(best_file), ("val", "test"))
+        except Exception as exc:
+            raise NasError(f"could not evaluate {best_file} ({exc}); the search results are kept, see "
+                           f"{run_dir.root / 'worker.log'} and rerun the command to retry") from None
+    best_trial = int(trial_info["trial"])
+    best_metrics = {
+        "trial": best_trial,
+        "val_accuracy_search": trial_info["metrics"].get("val_accuracy"),
+        **measured,
+        "params": trial_info["metrics"].get("params"),
+        "flops": trial_info["metrics"].get("flops"),
+        "objectives": [o.model_dump() for o in spec.search.objectives],
+        "data": description,
+        "spec_hash": spec_hash,
+        "note": "val_accuracy is what the search optimized; test_accuracy is measured once, here, on data no trial saw",
+    }
+    atomic_write(run_dir.best / "metrics.json", json.dumps(best_metrics, indent=2))
+    tracker.log_artifacts([best_file, run_dir.best / "arch.json", run_dir.best / "metrics.json",
+                           run_dir.best / "trial.json"], "best")
+    tracker.log_artifacts([run_dir.leaderboard], None)
+    tracker.log_search_metrics({"best_val_accuracy": measured.get("val_accuracy", math.nan),
+                                "best_test_accuracy": measured.get("test_accuracy", math.nan),
+                                "best_trial": float(best_trial)})
+    return best_trial, best_metrics
 
-    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
-    if not values:
+
+def current_best_value(run: RunDir, metric: str) -> float | None:
+    """The primary objective of the model in best/ (what a new trial must beat), if there is one."""
+    try:
+        value = json.loads((run.best / "trial.json").read_text())["metrics"].get(metric)
+    except (OSError, ValueError, KeyError):
         return None
-    return max(values) if direction == "maximize" else min(values)
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _why(reason: str, max_failed: int) -> str:

@@ -53,15 +53,7 @@ class Candidate:
     train: TrainConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": json_ready(asdict(self.arch)), "train": asdict(self.train)}
-
-
-def json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    return obj
+        return {"arch": asdict(self.arch), "train": asdict(self.train)}
 
 
 class SearchSpace:
@@ -94,14 +86,15 @@ class SearchSpace:
             return {key: d}
         return {f"block.{i}.{key}": d for i in range(1, self.max_depth + 1)}
 
-    def size(self) -> int | None:
-        """Number of distinct points, or None when a float range makes it continuous."""
+    def size(self, finite_only: bool = False) -> int | None:
+        """Number of distinct points, or None when a float range makes it continuous
+        (with `finite_only`, the product over the finite dimensions alone)."""
         total = 1
         for d in self.dims.values():
             n = cardinality(d)
-            if n is None:
+            if n is None and not finite_only:
                 return None
-            total *= n
+            total *= n or 1
         return total
 
     def value(self, name: str, params: dict[str, Any]) -> Any:

@@ -19,12 +19,14 @@ from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
 from nas.data.splits import Splits
 from nas.errors import InvalidArchitecture
 from nas.space import TrainConfig
-from nas.trial import EpochHook, TrialOutcome, TrialTask
+from nas.trial import EPOCH_METRICS, EpochHook, TrialOutcome, TrialTask
 
 def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
+    # Keras 3 applies weight_decay decoupled in every optimizer, so "adam" with decay would just be AdamW
+    # under another name; adam stays plain Adam, and weight_decay applies to adamw and sgd.
     wd = t.weight_decay or None
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.learning_rate, weight_decay=wd)
+        return keras.optimizers.Adam(t.learning_rate)
     if t.optimizer == "adamw":
         return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
     return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=wd)
@@ -33,43 +35,50 @@ def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
 class _EpochCallback(keras.callbacks.Callback):
     """Reports each epoch, stops on divergence or a prune decision, and remembers the best weights."""
 
-    def __init__(self, on_epoch: EpochHook, patience: int | None):
+    def __init__(self, on_epoch: EpochHook, task: TrialTask, patience: int | None):
         super().__init__()
         self.on_epoch, self.patience = on_epoch, patience
+        self.monitor, self.sign = task.monitor, (1.0 if task.mode == "maximize" else -1.0)
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
+        self.best_epoch: int | None = None
         self.best_weights: list[Any] | None = None
         self.stopped: tuple[str, str] | None = None  # (state, reason)
         self._since_best = 0
 
+    def _improved(self, metrics: dict[str, float]) -> bool:
+        value = metrics.get(self.monitor, math.nan)
+        if not math.isfinite(value):
+            return False
+        return self.best_epoch is None or self.sign * value > self.sign * self.best[self.monitor]
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k in _LOGGED}
-        metrics["epoch"] = epoch + 1
+        n = epoch + 1
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in EPOCH_METRICS}
         self.history.append(metrics)
+        decision = self.on_epoch(n, metrics)
         loss = metrics.get("loss", math.nan)
         if not math.isfinite(loss):
-            self.stopped = ("failed", f"diverged at epoch {epoch + 1} (loss {loss}); lower train.learning_rate")
+            self.stopped = ("failed", f"diverged at epoch {n} (loss {loss}); lower train.learning_rate")
             self.model.stop_training = True
             return
-        if metrics.get("val_accuracy", -1.0) > self.best.get("val_accuracy", -1.0):
-            self.best, self.best_weights, self._since_best = dict(metrics), self.model.get_weights(), 0
+        if self._improved(metrics):
+            self.best, self.best_epoch, self.best_weights, self._since_best = metrics, n, self.model.get_weights(), 0
         else:
             self._since_best += 1
-        if self.on_epoch(epoch + 1, metrics) == "prune":
-            self.stopped = ("pruned", f"pruned at epoch {epoch + 1} (val_accuracy {metrics.get('val_accuracy', math.nan):.4f})")
+        if decision == "prune":
+            shown = metrics.get(self.monitor, math.nan)
+            self.stopped = ("pruned", f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
         elif self.patience and self._since_best >= self.patience:
             self.model.stop_training = True  # early stopping: a finished trial, not a pruned one
-
-
-_LOGGED = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutcome:
     started = time.perf_counter()
     arch, cfg = task.candidate.arch, task.candidate.train
     try:
-        shape = plan(arch)
+        plan(arch)
     except InvalidArchitecture as exc:
         return TrialOutcome("pruned", reason=exc.reason)
     keras.utils.set_random_seed(task.seed)
@@ -84,14 +93,12 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutc
         augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
     )
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
-    cb = _EpochCallback(on_epoch, cfg.early_stopping)
+    cb = _EpochCallback(on_epoch, task, cfg.early_stopping)
     model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
               callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
     state, reason = cb.stopped or ("finished", None)
-    out = TrialOutcome(
-        state=state, reason=reason, history=cb.history, best=cb.best, epochs_run=len(cb.history),
-        params=shape.params, flops=shape.flops,
-    )
+    out = TrialOutcome(state=state, reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
+                       epochs_run=len(cb.history))
     if state == "finished" and task.save_model_to and cb.best_weights is not None:
         model.set_weights(cb.best_weights)
         path = Path(task.save_model_to)

@@ -6,6 +6,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +14,7 @@ from rich.table import Table
 from nas.arch import plan
 from nas.errors import InvalidArchitecture
 from nas.space import DataInfo, SearchSpace
-from nas.spec.dims import describe
+from nas.spec.dims import Choice, describe
 from nas.spec.loader import LoadedSpec
 
 SURVEY_SAMPLES = 2000
@@ -33,13 +34,13 @@ def survey(space: SearchSpace, data: DataInfo, samples: int = SURVEY_SAMPLES, se
     """Sample the space uniformly; count collapses and oversize models; parameter range of the rest."""
     rng = random.Random(seed)
     impossible = too_large = 0
-    sizes: list[int] = []
+    sized: list[tuple[int, dict[str, Any]]] = []
     reasons: Counter[str] = Counter()
     limit = space.spec.space.max_params
     for _ in range(samples):
-        arch = space.decode(space.sample(rng), data).arch
+        params = space.sample(rng)
         try:
-            p = plan(arch).params
+            p = plan(space.decode(params, data).arch).params
         except InvalidArchitecture as exc:
             impossible += 1
             reasons[re.sub(r"^block \d+: \d+x\d+ input", "block N: small input", exc.reason.split(" (")[0])] += 1
@@ -47,9 +48,39 @@ def survey(space: SearchSpace, data: DataInfo, samples: int = SURVEY_SAMPLES, se
         if limit and p > limit:
             too_large += 1
             continue
-        sizes.append(p)
-    return Survey(samples, impossible, too_large, min(sizes) if sizes else None, max(sizes) if sizes else None,
-                  reasons.most_common(3))
+        sized.append((p, params))
+    if not sized:
+        return Survey(samples, impossible, too_large, None, None, reasons.most_common(3))
+    sized.sort(key=lambda t: t[0])
+    smallest = _extreme(space, data, sized[0][1], -1)
+    largest = _extreme(space, data, sized[-1][1], +1)
+    return Survey(samples, impossible, too_large, smallest, largest, reasons.most_common(3))
+
+
+def _trainable_params(space: SearchSpace, data: DataInfo, params: dict[str, Any]) -> int | None:
+    try:
+        p = plan(space.decode(params, data).arch).params
+    except InvalidArchitecture:
+        return None
+    limit = space.spec.space.max_params
+    return None if limit and p > limit else p
+
+
+def _extreme(space: SearchSpace, data: DataInfo, start: dict[str, Any], sign: int) -> int:
+    """Coordinate search from the most extreme sample: move one dimension at a time to its end values
+    while the model stays trainable. Finds the true extremes of monotone spaces, near them otherwise."""
+    params, best = dict(start), _trainable_params(space, data, start) or 0
+    for _ in range(4):
+        improved = False
+        for name, d in space.dims.items():
+            options = d.values if isinstance(d, Choice) else (d.low, d.high)  # type: ignore[union-attr]
+            for value in options:
+                p = _trainable_params(space, data, {**params, name: value})
+                if p is not None and sign * p > sign * best:
+                    params, best, improved = {**params, name: value}, p, True
+        if not improved:
+            break
+    return best
 
 
 def _grouped_rows(space: SearchSpace) -> list[tuple[str, str]]:
@@ -81,13 +112,14 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
     size = space.size()
     console.print(f"size: {size:,} distinct architectures x training settings" if size
                   else "size: continuous (float ranges); finite dimensions only would give "
-                       f"{_finite_size(space):,} combinations")
+                       f"{space.size(finite_only=True):,} combinations")
     tr, va, te = split_sizes
     console.print(f"data: {description}; train {tr}, val {va}, test {te} (held out); input {data.input_shape}, "
                   f"{data.num_classes} classes, pixels 0..{data.pixel_max:g}")
     s = survey(space, data)
     if s.min_params is not None:
-        console.print(f"parameters: smallest {s.min_params:,}, largest {s.max_params:,} (over {s.samples} random samples)")
+        console.print(f"parameters: smallest {s.min_params:,}, largest {s.max_params:,} trainable model "
+                      f"(coordinate search from {s.samples} random samples)")
     console.print(f"impossible: {s.impossible} of {s.samples} sampled shapes collapse"
                   + (f"; {s.too_large} exceed space.max_params" if s.too_large else "")
                   + (" (they are skipped as pruned trials, never trained)" if s.impossible or s.too_large else ""))
@@ -96,12 +128,3 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
     if s.impossible + s.too_large == s.samples:
         console.print("[bold red]every sampled architecture is impossible[/]: lower depth or strides, or raise max_params")
     return s
-
-
-def _finite_size(space: SearchSpace) -> int:
-    from nas.spec.dims import cardinality
-
-    total = 1
-    for d in space.dims.values():
-        total *= cardinality(d) or 1
-    return total

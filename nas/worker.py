@@ -14,14 +14,12 @@ import os
 import signal
 import traceback
 import warnings
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from nas.data.splits import Splits
 from nas.tf_setup import prepare_tensorflow
 from nas.trial import EpochHook, TrialOutcome, TrialTask
 
-QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class Runner(Protocol):
@@ -53,7 +51,7 @@ def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutco
 
 
 def _failed(reason: str, tb: str) -> TrialOutcome:
-    return TrialOutcome("failed", reason=reason, traceback=tb)
+    return TrialOutcome("failed", reason=reason, traceback=tb, error=True)
 
 
 class InlineRunner:
@@ -114,12 +112,10 @@ class ProcessRunner:
     """One spawned child at a time, replaced after `max_tasks` trials or when it dies."""
 
     def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 10,
-                 env: dict[str, str] | None = None, log_path: str | None = None,
-                 on_start: Callable[[str], None] | None = None):
+                 env: dict[str, str] | None = None, log_path: str | None = None):
         self.splits, self.deterministic, self.max_tasks = splits, deterministic, max_tasks
         self.log_path = log_path
-        self.env = {**QUIET_TF, **(env or {})}
-        self.on_start = on_start
+        self.env = dict(env or {})
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Any = None
@@ -129,7 +125,7 @@ class ProcessRunner:
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
         saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update({k: v for k, v in self.env.items() if v})  # spawn copies os.environ at start
+        os.environ.update(self.env)  # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES)
         try:
             self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits, self.deterministic, self.log_path),
                                            name="nas-trial-worker", daemon=True)
@@ -143,8 +139,6 @@ class ProcessRunner:
         child.close()
         self._conn, self._tasks = parent, 0
         self.device = str(self._recv()[1])
-        if self.on_start:
-            self.on_start(self.device)
 
     def _died(self) -> WorkerDied:
         self._proc.join(5)
@@ -173,9 +167,9 @@ class ProcessRunner:
             self._start()
 
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
-        self._ensure()
-        self._tasks += 1
         try:
+            self._ensure()  # a worker that cannot even start fails this trial, not the search
+            self._tasks += 1
             self._send(("trial", task))
             while True:
                 msg = self._recv()
@@ -184,7 +178,7 @@ class ProcessRunner:
                 else:
                     return msg[1]  # type: ignore[no-any-return]
         except WorkerDied as exc:
-            return TrialOutcome("failed", reason=str(exc))
+            return TrialOutcome("failed", reason=str(exc), error=True)
         except BaseException:
             self.close(force=True)  # Ctrl-C or an error in our own callback: the child is mid-trial
             raise

@@ -36,14 +36,16 @@ search:
 class Scripted:
     """Stands in for TrialObjective: the result depends on the params, and each epoch asks the pruner."""
 
-    def __init__(self, fail: set[int] = frozenset(), invalid: set[int] = frozenset()):
-        self.fail, self.invalid, self.calls = fail, invalid, []
+    def __init__(self, fail: set[int] = frozenset(), invalid: set[int] = frozenset(), diverge: set[int] = frozenset()):
+        self.fail, self.invalid, self.diverge, self.calls = fail, invalid, diverge, []
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None) -> TrialResult:
         self.calls.append((number, params, epochs))
         if number in self.invalid:
             return TrialResult("pruned", "block 3: 1x1 input cannot take stride 2", {"epochs_run": 0.0})
         if number in self.fail:
+            return TrialResult("failed", "ValueError: boom", error=True)
+        if number in self.diverge:
             return TrialResult("failed", "diverged at epoch 1 (loss nan)")
         score = 1 - abs(math.log10(params["train.learning_rate"]) + 2.5) / 3
         for epoch in range(1, epochs + 1):
@@ -93,12 +95,26 @@ def test_failures_do_not_count_and_stop_the_search_at_the_limit(tmp_path: Path) 
     study, _, reason = run(tmp_path, pruner="none", objective=Scripted(fail={0}))
     assert reason == "budget" and ob.count(study, *ob.DONE_STATES) == 6  # one failure: retried with new params
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
-    assert failed[0].user_attrs["reason"] == "diverged at epoch 1 (loss nan)"
+    assert failed[0].user_attrs["reason"] == "ValueError: boom"
 
     (tmp_path / "b").mkdir()
     study, _, reason = run(tmp_path / "b", pruner="none", objective=Scripted(fail={0, 1, 2, 3}))
     assert reason == "failures"
     assert len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) == 2
+
+
+def test_diverged_trials_fail_without_stopping_the_search(tmp_path: Path) -> None:
+    study, _, reason = run(tmp_path, pruner="none", objective=Scripted(diverge={0, 1, 2, 3}))
+    assert reason == "budget" and ob.count(study, *ob.DONE_STATES) == 6
+    assert len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) == 4
+
+
+def test_resume_does_not_replay_the_first_sessions_samples(tmp_path: Path) -> None:
+    _, first, _ = run(tmp_path, sampler="random", pruner="none")
+    more = SPEC.replace("trials: 6", "trials: 9").replace("SAMPLER", "random")
+    _, second, _ = run(tmp_path, sampler="random", pruner="none", spec_text=more)
+    seen = [p for _, p, _ in first.calls]
+    assert len(second.calls) == 3 and all(p not in seen for _, p, _ in second.calls)
 
 
 def test_rerun_continues_to_the_budget(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The Optuna backend: a define-by-run objective over the static flat space, with resume and retries.
 
-Storage is an RDBStorage with a heartbeat, so a trial whose process was SIGKILLed is turned into FAIL on
-the next start and re-run with the same params (RetryFailedTrialCallback) instead of staying RUNNING forever.
+Storage is an RDBStorage with a heartbeat, so a trial whose process was SIGKILLed is turned into FAIL once
+its heartbeat is older than the grace period and re-run with the same params
+(RetryHeartbeatStaleTrialCallback) instead of staying RUNNING forever.
 The trial budget counts COMPLETE + PRUNED trials over the whole study, so reruns and (later) several
 workers on one study all stop at `search.trials`.
 """
@@ -30,8 +31,11 @@ class TrialFailed(Exception):
     """Raised from the objective so Optuna records FAIL; caught by study.optimize via `catch`."""
 
 
-def make_sampler(s: SearchSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(s: SearchSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """`offset` (trials already in the study) shifts the seed on resume: a resumed search must not
+    replay the random startup draws of the first session and so repeat trials it already ran."""
     n0 = s.startup_trials
+    s = s.model_copy(update={"seed": s.seed + offset})
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=n0)
     if s.sampler == "random":
@@ -86,17 +90,26 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return params
 
 
-def open_study(spec: Spec, storage_url: str) -> optuna.Study:
+def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.create_study(
-        study_name=spec.name,
-        storage=make_storage(storage_url),
-        sampler=make_sampler(spec.search),
-        pruner=make_pruner(spec.search, spec.train.epochs),
-        directions=[o.resolved_direction for o in spec.search.objectives],
-        load_if_exists=True,
-    )
+    try:
+        study = optuna.create_study(
+            study_name=study_name or spec.name,
+            storage=make_storage(storage_url),
+            sampler=make_sampler(spec.search),
+            pruner=make_pruner(spec.search, spec.train.epochs),
+            directions=[o.resolved_direction for o in spec.search.objectives],
+            load_if_exists=True,
+        )
+    except NasError:
+        raise
+    except Exception as exc:  # driver missing, unreachable database, directions changed under one name ...
+        raise NasError(f"Optuna storage {storage_url!r} cannot be used: {type(exc).__name__}: {exc}. Fix the "
+                       "--storage URL, or start a separate study with --new") from None
+    if study.trials:
+        study.sampler = make_sampler(spec.search, offset=len(study.trials))
+    return study
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
@@ -109,11 +122,11 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     s = spec.search
     objectives = s.objectives
     single = len(objectives) == 1
-    failures = 0
+    errors = 0  # trials that failed through an error (not divergence): bounded by max_failed_trials
     stop_reason = "budget"
 
     def fn(trial: optuna.Trial) -> Any:
-        nonlocal failures
+        nonlocal errors
         params = suggest(trial, space)
 
         def should_prune(epoch: int, metrics: dict[str, float]) -> bool:
@@ -135,7 +148,7 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         if result.state == "pruned":
             raise optuna.TrialPruned(result.reason)
         if result.state == "failed":
-            failures += 1
+            errors += result.error
             raise TrialFailed(result.reason)
         values = result.values(objectives)
         return values[0] if single else values
@@ -145,15 +158,16 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         on_trial_done()
         if count(study, *DONE_STATES) >= s.trials:
             study.stop()
-        elif failures >= s.max_failed_trials:
+        elif errors >= s.max_failed_trials:
             stop_reason = "failures"
             study.stop()
 
     if count(study, *DONE_STATES) < s.trials:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna warns for every caught TrialFailed; we report it ourselves
-            optuna.logging.set_verbosity(optuna.logging.ERROR)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna logs each caught failure; we report it ourselves
+        try:
             study.optimize(fn, timeout=s.timeout, callbacks=[after_trial], catch=(TrialFailed,))
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
     if stop_reason == "budget" and count(study, *DONE_STATES) < s.trials:
         stop_reason = "timeout"
     return stop_reason

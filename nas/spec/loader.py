@@ -18,8 +18,25 @@ from nas.spec.model import FiltersGrowth, Spec
 
 Loc = tuple[str | int, ...]
 
-# Keys whose value may legitimately change between a search and its resume (budget only).
-_RESUMABLE_KEYS = {("search", "trials"), ("search", "timeout"), ("tracking",)}
+# Keys that may change between a search and its resume: the budget and how trials are run, never what
+# is searched. Dotted prefixes of `flat_keys`.
+RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.max_failed_trials",
+                  "search.isolate_trials", "search.worker_max_trials", "tracking.")
+
+
+def flat_keys(spec: Spec) -> dict[str, Any]:
+    """The spec as {dotted key: value}, without the keys a resume may change."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(spec.model_dump(mode="json"), "")
+    return {k: v for k, v in out.items() if not any(k == p or k.startswith(p) for p in RESUMABLE_KEYS)}
 
 
 @dataclass(frozen=True)
@@ -35,14 +52,8 @@ class LoadedSpec:
 
     @property
     def hash(self) -> str:
-        """Identity of what the search explores; budget keys (trials, timeout) and tracking are left out."""
-        data = self.spec.model_dump(mode="json")
-        for loc in _RESUMABLE_KEYS:
-            node = data
-            for key in loc[:-1]:
-                node = node[key]
-            node.pop(loc[-1], None)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        """Identity of what the search explores (RESUMABLE_KEYS left out)."""
+        blob = json.dumps(flat_keys(self.spec), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

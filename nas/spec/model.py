@@ -11,15 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from nas.spec.dims import Choice, Dim, Fixed, dim
+from nas.spec.dims import dim
 
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "leaky_relu", "tanh", "selu", "mish")
 POOLINGS = ("max", "avg", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("gap", "flatten")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
 METRICS = {  # objective metric -> natural direction
     "val_accuracy": "maximize",
     "val_loss": "minimize",
@@ -180,11 +178,3 @@ class Spec(Section):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
 
-
-def fixed_value(d: Dim) -> Any:
-    """The value of a dimension that is not searched (a fixed value or a one-item choice)."""
-    if isinstance(d, Fixed):
-        return d.value
-    if isinstance(d, Choice) and len(d.values) == 1:
-        return d.values[0]
-    raise ValueError(f"{d!r} is searchable")
