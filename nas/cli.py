@@ -95,6 +95,34 @@ def search(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a finished search's run directory, e.g. runs/fashion_mnist", show_default=False)],
+    trial: Annotated[Optional[int], typer.Option(help="export this trial instead of the best one")] = None,
+    formats: Annotated[Optional[str], typer.Option(help="comma-separated: keras,saved_model,tflite-float32,"
+                                                         "tflite-float16,tflite-dynamic,tflite-int8,onnx")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="target weight sparsity in [0, 1); 0 skips pruning")] = None,
+) -> None:
+    """Retrain the winner on train+val, prune, quantize, export (.keras, SavedModel, TFLite, ONNX), measure."""
+    from nas.export.pipeline import ExportOptions
+    from nas.export.pipeline import export as run_export
+    from nas.spec.dims import did_you_mean
+    from nas.spec.model import EXPORT_FORMATS
+
+    chosen = None
+    if formats is not None:
+        chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+        for f in chosen:
+            if f not in EXPORT_FORMATS:
+                raise NasError(f"--formats: unknown format {f!r}.{did_you_mean(f, EXPORT_FORMATS)} "
+                               f"Expected a comma-separated list of {', '.join(EXPORT_FORMATS)}")
+        if not chosen:
+            raise NasError("--formats: empty; give e.g. tflite-int8,onnx")
+    if sparsity is not None and not 0 <= sparsity < 1:
+        raise NasError(f"--sparsity {sparsity}: expected a value in [0, 1), e.g. 0.8 for 80% zero weights")
+    run_export(run_dir, ExportOptions(trial=trial, formats=chosen, sparsity=sparsity), console)
+
+
+@app.command()
 def ui(
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,

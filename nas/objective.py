@@ -57,7 +57,7 @@ class TrialObjective:
         candidate = self.space.decode(params, self.data)
         run_id = self.tracker.start_trial(number, params, {"nas.trial": str(number), **(tags or {})})
         try:
-            result = self._run(number, candidate, run_id, epochs, initial_epoch, should_prune)
+            result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune)
         except BaseException:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
@@ -71,8 +71,8 @@ class TrialObjective:
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
         return result
 
-    def _run(self, number: int, candidate: Any, run_id: str, epochs: int, initial_epoch: int,
-             should_prune: PruneHook | None) -> TrialResult:
+    def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
+             initial_epoch: int, should_prune: PruneHook | None) -> TrialResult:
         try:
             shape = plan(candidate.arch)
             if self.max_params and shape.params > self.max_params:
@@ -105,16 +105,17 @@ class TrialObjective:
         }
         result = TrialResult(outcome.state, outcome.reason, metrics, outcome.traceback, error=outcome.error)
         if outcome.model_path:
-            self._judge(number, Path(outcome.model_path), candidate, result, self.runner.device)
+            self._judge(number, params, Path(outcome.model_path), candidate, result, self.runner.device)
         return result
 
-    def _judge(self, number: int, model_path: Path, candidate: Any, result: TrialResult, device: str) -> None:
+    def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,
+               device: str) -> None:
         """Keep the model only if this trial is the new best by the primary objective."""
         value = result.metrics.get(self.primary.metric, math.nan)
         if math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
             self.best_value = value
             promote_best(self.run, model_path, candidate.arch.to_json(), {
-                "trial": number, "metrics": result.metrics, "train": candidate.to_dict()["train"],
+                "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],
                 "device": device, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
         else:

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @contextmanager
-def _silenced_stderr() -> Iterator[None]:
+def silenced_stderr() -> Iterator[None]:
     if os.environ.get("NAS_TF_VERBOSE"):
         yield
         return
@@ -35,7 +35,7 @@ def prepare_tensorflow(deterministic: bool) -> str:
 
     Returns the device trials will run on ("GPU:0" or "CPU"). Set NAS_TF_VERBOSE=1 to see TF's own logs.
     """
-    with _silenced_stderr():
+    with silenced_stderr():
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")

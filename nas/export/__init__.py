@@ -1,0 +1,1 @@
+"""The winner made deployable: retrain, prune, quantize, export, measure (`nas export`)."""

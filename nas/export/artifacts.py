@@ -1,0 +1,75 @@
+"""Produce each requested artifact and measure it; a failure is recorded, never fatal to the others."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from nas.export import convert, measure
+from nas.tf_setup import silenced_stderr
+
+RUNTIMES = {"keras": "keras", "saved_model": "tensorflow (serving signature)", "onnx": "onnxruntime"}
+
+
+def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np.ndarray, x_test: np.ndarray,
+                    y_test: np.ndarray, cfg: Any, seed: int, console: Console
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    from nas.export.pipeline import _digest
+
+    runs = cfg.latency_runs
+    with console.status("measuring the Keras model"), silenced_stderr():
+        ref = measure.measure_keras(model, x_test, y_test, runs)
+    results: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, make: Callable[[], Path], run: Callable[[Path], measure.Measurement]) -> None:
+        with console.status(f"{name}: converting and measuring"), silenced_stderr():
+            try:
+                path = make()
+                m = run(path)
+                sha, size, gz = _digest(path)
+                results[name] = {
+                    "status": "ok", "path": path.name, "sha256": sha, "bytes": size, "gzip_bytes": gz,
+                    "runtime": RUNTIMES.get(name, "ai-edge-litert interpreter"),
+                    "test_accuracy": m.test_accuracy, "top1_agreement": m.top1_agreement,
+                    "latency_ms_median": round(m.latency_ms_median, 4),
+                }
+                if name.startswith("tflite-"):
+                    results[name]["input"] = measure.tflite_input_contract(path)
+            except Exception as exc:  # one failing converter never loses the others
+                results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
+
+    if "keras" in formats:
+        record("keras", lambda: convert.save_keras(model, out),
+               lambda p: measure.Measurement(ref.test_accuracy, 1.0, ref.latency_ms_median, ref.predictions))
+    tflite = [f for f in formats if f.startswith("tflite-")]
+    scratch = None
+    saved: Path | None = None
+    if "saved_model" in formats or tflite:
+        target = out if "saved_model" in formats else Path(scratch := tempfile.mkdtemp(prefix="nas-export-"))
+        try:
+            saved = convert.export_saved_model(model, target)
+        except Exception as exc:
+            err = {"status": "failed", "error": f"SavedModel export failed: {type(exc).__name__}: {exc}"}
+            results.update({f: dict(err) for f in formats if f == "saved_model" or f.startswith("tflite-")})
+    if saved is not None and "saved_model" in formats:
+        record("saved_model", lambda: saved,  # type: ignore[arg-type, return-value]
+               lambda p: measure.measure_saved_model(p, x_test, y_test, ref.predictions, runs))
+    for mode in tflite if saved is not None else []:
+        record(mode, lambda mode=mode: convert.to_tflite(saved, mode, out, calibration=x_calib,  # type: ignore[misc]
+                                                         samples=cfg.calibration_samples, seed=seed, int8_io=cfg.int8_io),
+               lambda p: measure.measure_tflite(p, x_test, y_test, ref.predictions, runs))
+    if scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if "onnx" in formats:
+        record("onnx", lambda: convert.to_onnx(model, out),
+               lambda p: measure.measure_onnx(p, x_test, y_test, ref.predictions, runs))
+    reference = {"test_accuracy": ref.test_accuracy, "latency_ms_median": round(ref.latency_ms_median, 4),
+                 "note": "the float Keras model in memory, called through tf.function, batch 1; top1_agreement "
+                         "and latency ratios in this manifest are against it"}
+    return results, reference

@@ -1,0 +1,78 @@
+"""Which model to export: the run directory, its spec and data, and the chosen trial's candidate."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.errors import NasError
+from nas.rundir import RunDir
+from nas.space import Candidate, DataInfo, SearchSpace
+from nas.spec.loader import LoadedSpec, parse_spec
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    run: RunDir
+    loaded: LoadedSpec
+    trial: int
+    params: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def open_run(run_dir: Path) -> tuple[RunDir, LoadedSpec, dict[str, Any]]:
+    run = RunDir(Path(run_dir))
+    if not run.root.is_dir():
+        raise NasError(f"{run_dir}: no such run directory; pass runs/<name> of a search you ran")
+    if not run.spec_copy.exists() or not run.meta.exists():
+        raise NasError(f"{run_dir}: not a nas run directory (no spec.yaml / run.json); pass runs/<name>")
+    meta = run.read_meta()
+    text = run.spec_copy.read_text()
+    spec = parse_spec(text, str(run.spec_copy))
+    # Data paths in the spec are relative to the original spec file, which the run remembers.
+    origin = Path(meta.get("spec_path", run.spec_copy))
+    return run, LoadedSpec(spec=spec, path=origin if origin.exists() else run.spec_copy.resolve(), text=text), meta
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def choose(run_dir: Path, trial: int | None) -> ExportSource:
+    """The best trial (best/trial.json) or trial N (its params from leaderboard.csv)."""
+    run, loaded, meta = open_run(run_dir)
+    if trial is None:
+        try:
+            best = json.loads((run.best / "trial.json").read_text())
+        except (OSError, ValueError):
+            raise NasError(f"{run.root}: no finished trial yet, so there is no winner to export; run "
+                           f"`nas search` to completion first, or pick one with --trial N") from None
+        if "params" in best:
+            return ExportSource(run, loaded, int(best["trial"]), dict(best["params"]), meta)
+        trial = int(best["trial"])  # a run from before trial.json carried params: read the leaderboard
+    import pandas as pd
+
+    if not run.leaderboard.exists():
+        raise NasError(f"{run.root}: no leaderboard.csv yet; no trial has run in this directory")
+    df = pd.read_csv(run.leaderboard)
+    rows = df[df["trial"] == trial]
+    if rows.empty:
+        known = sorted(int(t) for t in df["trial"])
+        raise NasError(f"--trial {trial}: no such trial in {run.leaderboard}; known trials: "
+                       f"{known[0]}..{known[-1]} ({len(known)} in all)")
+    row = rows.iloc[0]
+    params = {c.removeprefix("param."): _clean(row[c]) for c in df.columns if c.startswith("param.")}
+    if row["state"] == "failed" or any(v is None for v in params.values()):
+        raise NasError(f"--trial {trial}: that trial {row['state']} ({row.get('reason', '')}); choose a finished "
+                       "or pruned trial")
+    return ExportSource(run, loaded, trial, params, meta)
+
+
+def candidate(src: ExportSource, info: DataInfo) -> Candidate:
+    # decode() casts every value to its field's type, so CSV's 16.0 for an int column is harmless
+    return SearchSpace(src.loaded.spec).decode(src.params, info)

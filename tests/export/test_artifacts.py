@@ -1,0 +1,31 @@
+"""One failing converter never loses the other artifacts; the manifest records why."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+keras = pytest.importorskip("keras")
+
+from nas.arch import ArchConfig, BlockConfig  # noqa: E402
+from nas.builder import build_model  # noqa: E402
+from nas.export import artifacts, convert  # noqa: E402
+from nas.spec.model import ExportSpec  # noqa: E402
+
+
+def test_a_failing_format_is_recorded_and_the_rest_survive(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("converter exploded")
+
+    monkeypatch.setattr(convert, "to_onnx", broken)
+    model = build_model(ArchConfig((8, 8, 1), 3, (BlockConfig(4),), pixel_max=16.0, head_depth=0))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 16, (40, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 40)
+    cfg = ExportSpec(latency_runs=10, calibration_samples=10)
+    results, reference = artifacts.build_artifacts(model, ("tflite-float32", "onnx"), tmp_path, x, x, y, cfg, 0,
+                                                   Console(quiet=True))
+    assert results["onnx"] == {"status": "failed", "error": "RuntimeError: converter exploded"}
+    assert results["tflite-float32"]["status"] == "ok" and results["tflite-float32"]["top1_agreement"] == 1.0
+    assert (tmp_path / "model_float32.tflite").exists() and not (tmp_path / "saved_model").exists()
+    assert 0 <= reference["test_accuracy"] <= 1
