@@ -12,22 +12,22 @@ from rich.table import Table
 
 from nas.spec.model import Objective
 
-_METRIC_COLS = ["val_accuracy", "val_loss", "accuracy", "loss", "params", "flops", "epochs_run", "wall_time_s"]
+METRIC_COLS = ["val_accuracy", "val_loss", "accuracy", "loss", "params", "flops", "epochs_run", "wall_time_s"]
 
 
-def frame(trials: list[Any], objectives: list[Objective]) -> pd.DataFrame:
-    """Rows from Optuna FrozenTrials, best first by the primary objective; unfinished and failed rows last."""
+def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataFrame:
+    """One row per trial, best first by the primary objective; unfinished and failed rows last.
+
+    Each backend hands plain dicts: trial, state (finished | pruned | failed | interrupted | running),
+    reason, any of METRIC_COLS, and param.<dimension>; whatever is missing reads as NaN / "".
+    """
     rows = []
     for t in trials:
-        state = t.user_attrs.get("nas.state") or {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed",
-                                                  "RUNNING": "running", "WAITING": "waiting"}.get(t.state.name, t.state.name.lower())
-        if t.state.name == "FAIL" and "nas.state" not in t.user_attrs:
-            state = "interrupted"  # killed or Ctrl-C: Optuna failed it, our objective never returned
-        row: dict[str, Any] = {"trial": t.number, "state": state}
-        for key in _METRIC_COLS:
-            row[key] = t.user_attrs.get(key, math.nan)
-        row["reason"] = t.user_attrs.get("reason", "")
-        row.update({f"param.{k}": v for k, v in t.params.items()})
+        row: dict[str, Any] = {"trial": t["trial"], "state": t["state"]}
+        for key in METRIC_COLS:
+            row[key] = t.get(key, math.nan)
+        row["reason"] = t.get("reason") or ""
+        row.update({k: v for k, v in t.items() if k.startswith("param.")})
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

@@ -10,9 +10,10 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -67,6 +68,33 @@ def resolve_tracking_uri(loaded: LoadedSpec, opts: SearchOptions) -> str:
     return uri or default_tracking_uri(opts.runs_dir)
 
 
+class Backend(Protocol):
+    """A search backend (optuna_backend.OptunaBackend, keras_tuner_backend.KerasTunerBackend): it owns the loop
+    and the sampling, calls the shared TrialObjective once per trial, and answers for its trials."""
+
+    meta: dict[str, Any]  # what run.json remembers so a resume reopens the same state
+    total: int  # trials the search aims to finish
+    epochs: int  # most epochs one trial trains
+
+    def describe(self) -> dict[str, Any]: ...  # backend settings, logged on the MLflow parent run
+    def done(self) -> int: ...  # trials that count toward `total` (finished + pruned)
+    def counts(self) -> tuple[int, int, int]: ...  # (finished, pruned, failed)
+    def rows(self) -> list[dict[str, Any]]: ...  # leaderboard rows, see nas.leaderboard.frame
+    def run(self, objective: Any, on_trial_done: Callable[[], Any]) -> str: ...  # why it stopped
+
+
+def open_backend(loaded: LoadedSpec, space: Any, run_dir: RunDir, opts: SearchOptions, resuming: bool) -> Backend:
+    spec = loaded.spec
+    if spec.search.backend == "keras-tuner":
+        from nas.backends.keras_tuner_backend import KerasTunerBackend
+
+        return KerasTunerBackend.open(spec, space, run_dir, loaded.hash)
+    from nas.backends.optuna_backend import OptunaBackend
+
+    return OptunaBackend.open(spec, space, run_dir, loaded.hash, storage=opts.storage, new=opts.new,
+                              resuming=resuming)
+
+
 class _Sigterm:
     """SIGTERM behaves like Ctrl-C: the same clean stop, so a scheduler's kill loses nothing."""
 
@@ -109,39 +137,26 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
     from nas.space import SearchSpace
 
     space = SearchSpace(spec)
+    if opts.storage and spec.search.backend != "optuna":
+        raise NasError(f"--storage is for the optuna backend, but {loaded.path} sets search.backend "
+                       f"{spec.search.backend!r}, which keeps its state in {opts.runs_dir / spec.name / 'keras_tuner'}/; "
+                       "drop --storage")
     run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
     meta = run_dir.read_meta()
-
-    from nas.backends import optuna_backend as ob
-
-    local_storage = f"sqlite:///{run_dir.study_db.resolve().as_posix()}"
-    storage_url = opts.storage or meta.get("storage") or local_storage
-    if resuming and opts.storage and meta.get("storage") and opts.storage != meta["storage"]:
-        raise NasError(f"{run_dir.root}: this search is stored in {meta['storage']!r}, not {opts.storage!r}; "
-                       "rerun with the same --storage, or start over with --new")
-    # One run dir, one study. A shared external storage gets a fresh study name after --new.
-    study_name = meta.get("study_name") or (
-        spec.name if storage_url == local_storage or not opts.new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-    study = ob.open_study(spec, storage_url, study_name)
-    stored_hash = study.user_attrs.get("nas.spec_hash")
-    if stored_hash and stored_hash != loaded.hash:
-        raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
-                       "--new (a separate study) or give the spec another `name:`")
-    study.set_user_attr("nas.spec_hash", loaded.hash)
+    backend = open_backend(loaded, space, run_dir, opts, resuming)
 
     parent = tracker.start_search(
         run_name=spec.name, spec_path=loaded.path, spec_hash=loaded.hash,
         resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None,
-        params={"backend": spec.search.backend, "sampler": spec.search.sampler, "pruner": spec.search.pruner,
-                "trials": spec.search.trials, "epochs": spec.train.epochs, "seed": spec.search.seed,
+        params={"backend": spec.search.backend, **backend.describe(),
+                "trials": backend.total, "epochs": backend.epochs, "seed": spec.search.seed,
                 "space_dims": len(space.dims), "data": description},
         tags={"nas.run_dir": str(run_dir.root.resolve())},
     )
-    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, storage=storage_url, study_name=study_name)
+    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, **backend.meta)
     stale = tracker.close_stale_trials() if resuming else 0
     if resuming:
-        done = ob.count(study, *ob.DONE_STATES)
-        console.print(f"resuming {run_dir.root}: {done} of {spec.search.trials} trials already done"
+        console.print(f"resuming {run_dir.root}: {backend.done()} of {backend.total} trials already done"
                       + (f"; {stale} interrupted MLflow run(s) closed" if stale else ""))
 
     from nas.worker import InlineRunner, ProcessRunner, Runner
@@ -163,31 +178,28 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
                                best_value=best_value, max_params=spec.space.max_params)
 
     def save_leaderboard() -> Any:
-        df = frame(study.get_trials(deepcopy=False), spec.search.objectives)
+        df = frame(backend.rows(), spec.search.objectives)
         if not df.empty:
             write(df, run_dir.leaderboard)
         return df
 
-    from optuna.trial import TrialState
-
+    _, pruned, failed = backend.counts()
     reporter.search_started(
-        total=spec.search.trials, done=ob.count(study, *ob.DONE_STATES), pruned=ob.count(study, TrialState.PRUNED),
-        failed=ob.count(study, TrialState.FAIL), best=best_value if primary.metric == "val_accuracy" else None,
-        epochs=spec.train.epochs,
+        total=backend.total, done=backend.done(), pruned=pruned, failed=failed,
+        best=best_value if primary.metric == "val_accuracy" else None, epochs=backend.epochs,
     )
     started = time.monotonic()
     try:
         with _Sigterm():
-            stop_reason = ob.run_search(study, spec, space, objective, on_trial_done=save_leaderboard)
+            stop_reason = backend.run(objective, on_trial_done=save_leaderboard)
     except KeyboardInterrupt:
         reporter.close()
         runner.close()
         save_leaderboard()
         clear_pending(run_dir)
         tracker.end_search("KILLED")
-        done = ob.count(study, *ob.DONE_STATES)
         raise Interrupted(
-            f"interrupted: {done} of {spec.search.trials} trials are kept in {run_dir.root} (the running trial "
+            f"interrupted: {backend.done()} of {backend.total} trials are kept in {run_dir.root} (the running trial "
             f"was discarded). Resume with: nas search {spec_path}"
         ) from None
     except BaseException:
@@ -199,8 +211,7 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
     clear_pending(run_dir)
     df = save_leaderboard()
 
-    finished = ob.count(study, TrialState.COMPLETE)
-    pruned, failed = ob.count(study, TrialState.PRUNED), ob.count(study, TrialState.FAIL)
+    finished, pruned, failed = backend.counts()
     try:
         best_trial, best_metrics = _measure_best(run_dir, runner, spec, loaded.hash, description, tracker, console)
     finally:
@@ -223,6 +234,11 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
     if spec.tracking.enabled:
         console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {uri}; browse with `nas ui`")
+    if spec.export.after_search and best_trial is not None:
+        from nas.export.pipeline import ExportOptions, export
+
+        console.print(f"export.after_search: exporting trial {best_trial}")
+        export(run_dir.root, ExportOptions(), console)
     return SearchSummary(run_dir, stop_reason, finished, pruned, failed, best_trial, best_metrics)
 
 

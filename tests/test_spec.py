@@ -65,6 +65,20 @@ BAD = [
     ("spaec:\n  depth: 2\n", r"spaec: unknown key\. Did you mean 'space'\?", 3),
     ("train: {epochs: 3}\n", r"space: required key is missing", None),
     ("space:\n  depth: 2\n   kernel_size: 3\n", r"t\.yaml:5: YAML syntax error", 5),
+    # the keras-tuner backend: which search keys go with which backend and algorithm
+    ("space:\n  depth: 2\nsearch:\n  backend: keras_tuner\n", r"search\.backend: expected one of 'optuna' or 'keras-tuner', got 'keras_tuner'\. Did you mean 'keras-tuner'\?", 6),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  sampler: tpe\n  pruner: none\n",
+     r"t\.yaml:5: search: search\.sampler, search\.pruner are for backend optuna only, but backend is 'keras-tuner'; remove search\.sampler, search\.pruner and choose `algorithm: hyperband \| bayesian \| random`", 5),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  warmup_epochs: 2\n", r"search\.warmup_epochs is for backend optuna only", 5),
+    ("space:\n  depth: 2\nsearch:\n  algorithm: random\n", r"search\.algorithm is for backend keras-tuner only, but backend is 'optuna'; set `backend: keras-tuner`, or remove search\.algorithm", 5),
+    ("space:\n  depth: 2\nsearch:\n  hyperband: {max_epochs: 9}\n", r"search\.hyperband is for backend keras-tuner only", 5),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  algorithm: bayesian\n  hyperband: {factor: 3}\n",
+     r"search\.hyperband is for algorithm hyperband only, but algorithm is 'bayesian'; remove search\.hyperband, or set `algorithm: hyperband`", 5),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  algorithm: hyperbnd\n", r"search\.algorithm: expected one of .*got 'hyperbnd'\. Did you mean 'hyperband'\?", 7),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  hyperband: {max_epoch: 9}\n", r"search\.hyperband\.max_epoch: unknown key\. Did you mean 'max_epochs'\?", 7),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  startup_trials: 3\n", r"search\.startup_trials .* is for algorithm bayesian only, but algorithm is 'hyperband'", 5),
+    ("space:\n  depth: 2\nsearch:\n  backend: keras-tuner\n  objectives: [val_accuracy, params]\n",
+     r"backend keras-tuner optimizes one objective, but 2 are set; keep one, or use `backend: optuna`", 5),
 ]
 
 
@@ -91,6 +105,24 @@ def test_not_a_mapping() -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"no such spec file; check the path"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_keras_tuner_search_section() -> None:
+    spec = parse_spec(BASE + "space: {depth: 2}\nsearch:\n  backend: keras-tuner\n  hyperband: {max_epochs: 27}\n")
+    assert (spec.search.algorithm, spec.search.hyperband.max_epochs, spec.search.hyperband.factor) == ("hyperband", 27, 3)
+    spec = parse_spec(BASE + "space: {depth: 2}\nsearch: {backend: keras-tuner, algorithm: bayesian, startup_trials: 3}\n")
+    assert spec.search.algorithm == "bayesian" and spec.search.hyperband is None
+
+
+def test_keras_tuner_keys_leave_optuna_spec_hashes_alone() -> None:
+    """Specs written before the keras-tuner keys existed keep their hash (their run directories still resume)."""
+    from nas.spec.loader import flat_keys
+
+    keys = flat_keys(parse_spec(BASE + "space: {depth: 2}\n"))
+    assert not any(k.startswith(("search.algorithm", "search.hyperband")) for k in keys)
+    kt = flat_keys(parse_spec(BASE + "space: {depth: 2}\nsearch: {backend: keras-tuner}\n"))
+    explicit = flat_keys(parse_spec(BASE + "space: {depth: 2}\nsearch: {backend: keras-tuner, algorithm: hyperband}\n"))
+    assert kt["search.algorithm"] == "hyperband" and kt == explicit
 
 
 def test_hash_ignores_budget_but_not_space() -> None:

@@ -10,6 +10,7 @@ workers on one study all stop at `search.trials`.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from optuna.trial import TrialState
 
 from nas.errors import NasError
 from nas.objective import TrialObjective
+from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.model import SearchSpec, Spec
@@ -171,3 +173,63 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     if stop_reason == "budget" and count(study, *DONE_STATES) < s.trials:
         stop_reason = "timeout"
     return stop_reason
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Leaderboard rows (see nas.leaderboard.frame) from the study's trials."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        state = t.user_attrs.get("nas.state") or {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed",
+                                                  "RUNNING": "running", "WAITING": "waiting"}.get(t.state.name, t.state.name.lower())
+        if t.state.name == "FAIL" and "nas.state" not in t.user_attrs:
+            state = "interrupted"  # killed or Ctrl-C: Optuna failed it, our objective never returned
+        rows.append({"trial": t.number, "state": state, "reason": t.user_attrs.get("reason", ""),
+                     **{k: v for k, v in t.user_attrs.items() if k not in ("nas.state", "reason")},
+                     **{f"param.{k}": v for k, v in t.params.items()}})
+    return rows
+
+
+class OptunaBackend:
+    """The Optuna study behind search.py's `Backend` seam."""
+
+    def __init__(self, spec: Spec, space: SearchSpace, study: optuna.Study, meta: dict[str, Any]):
+        self.spec, self.space, self.study = spec, space, study
+        self.meta = meta  # remembered in run.json, so a resume finds the same storage and study
+        self.total, self.epochs = spec.search.trials, spec.train.epochs
+
+    @classmethod
+    def open(cls, spec: Spec, space: SearchSpace, run: RunDir, spec_hash: str, *, storage: str | None,
+             new: bool, resuming: bool) -> OptunaBackend:
+        meta = run.read_meta()
+        local_storage = f"sqlite:///{run.study_db.resolve().as_posix()}"
+        storage_url = storage or meta.get("storage") or local_storage
+        if resuming and storage and meta.get("storage") and storage != meta["storage"]:
+            raise NasError(f"{run.root}: this search is stored in {meta['storage']!r}, not {storage!r}; "
+                           "rerun with the same --storage, or start over with --new")
+        # One run dir, one study. A shared external storage gets a fresh study name after --new.
+        study_name = meta.get("study_name") or (
+            spec.name if storage_url == local_storage or not new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        study = open_study(spec, storage_url, study_name)
+        stored_hash = study.user_attrs.get("nas.spec_hash")
+        if stored_hash and stored_hash != spec_hash:
+            raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
+                           "--new (a separate study) or give the spec another `name:`")
+        study.set_user_attr("nas.spec_hash", spec_hash)
+        return cls(spec, space, study, {"storage": storage_url, "study_name": study_name})
+
+    def describe(self) -> dict[str, Any]:
+        return {"sampler": self.spec.search.sampler, "pruner": self.spec.search.pruner}
+
+    def done(self) -> int:
+        return count(self.study, *DONE_STATES)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(finished, pruned, failed)"""
+        return (count(self.study, TrialState.COMPLETE), count(self.study, TrialState.PRUNED),
+                count(self.study, TrialState.FAIL))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return trial_rows(self.study)
+
+    def run(self, objective: TrialObjective, on_trial_done: Callable[[], None]) -> str:
+        return run_search(self.study, self.spec, self.space, objective, on_trial_done)

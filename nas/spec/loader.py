@@ -21,7 +21,7 @@ Loc = tuple[str | int, ...]
 # Keys that may change between a search and its resume: the budget and how trials are run, never what
 # is searched. Dotted prefixes of `flat_keys`.
 RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.max_failed_trials",
-                  "search.isolate_trials", "search.worker_max_trials", "tracking.")
+                  "search.isolate_trials", "search.worker_max_trials", "tracking.", "export.")
 
 
 def flat_keys(spec: Spec) -> dict[str, Any]:

@@ -131,11 +131,33 @@ class Objective(Section):
         return self.direction or METRICS[self.metric]
 
 
+class HyperbandSpec(Section):
+    """KerasTuner Hyperband: brackets of successive halving, each round keeps 1/factor of the trials."""
+
+    max_epochs: int | None = Field(None, ge=1, description="most epochs one trial trains; default: train.epochs")
+    factor: int = Field(3, ge=2, description="reduction factor: each round keeps 1/factor of the trials, trains factor x longer")
+
+
+_OPTUNA_ONLY = ("sampler", "pruner", "warmup_epochs")
+_KERAS_TUNER_ONLY = ("algorithm", "hyperband")
+
+
+def _keys(names: list[str]) -> tuple[str, str]:
+    """('search.a, search.b', 'is'/'are') for a message about these keys."""
+    return ", ".join(f"search.{k}" for k in names), "is" if len(names) == 1 else "are"
+
+
 class SearchSpec(Section):
-    backend: Literal["optuna"] = "optuna"
+    backend: Literal["optuna", "keras-tuner"] = "optuna"
+    # keras-tuner only; left out of dumps when unset so specs written before they existed keep their hash
+    algorithm: Literal["hyperband", "bayesian", "random"] | None = Field(
+        None, exclude_if=lambda v: v is None, description="keras-tuner: hyperband (default) | bayesian | random")
+    hyperband: HyperbandSpec | None = Field(
+        None, exclude_if=lambda v: v is None, description="keras-tuner hyperband: {max_epochs, factor}")
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
-    trials: int = Field(20, ge=1, description="trials to finish (completed + pruned); a rerun resumes up to this")
+    trials: int = Field(20, ge=1, description="trials to finish (completed + pruned); a rerun resumes up to this. "
+                        "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and factor)")
     timeout: Duration = Field(None, description="stop starting new trials after this long, e.g. 30m, 2h")
     seed: int = Field(0, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_accuracy")], min_length=1)
@@ -144,6 +166,40 @@ class SearchSpec(Section):
     max_failed_trials: int = Field(10, ge=1, description="stop the search after this many trials failed with an error")
     isolate_trials: bool = Field(True, description="train in a recycled worker process (bounded memory, crash-safe)")
     worker_max_trials: int = Field(10, ge=1, description="trials a worker process runs before it is replaced")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_algorithm(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("backend") == "keras-tuner" and "algorithm" not in raw:
+            return {**raw, "algorithm": "hyperband"}
+        return raw
+
+    @model_validator(mode="after")
+    def _backend_rules(self) -> SearchSpec:
+        given = self.model_fields_set
+        if self.backend == "optuna":
+            wrong = [k for k in _KERAS_TUNER_ONLY if k in given]
+            if wrong:
+                keys, verb = _keys(wrong)
+                raise ValueError(f"{keys} {verb} for backend keras-tuner only, but backend is 'optuna'; "
+                                 f"set `backend: keras-tuner`, or remove {keys}")
+            return self
+        wrong = [k for k in _OPTUNA_ONLY if k in given]
+        if wrong:
+            keys, verb = _keys(wrong)
+            raise ValueError(f"{keys} {verb} for backend optuna only, but backend is 'keras-tuner'; remove {keys} "
+                             "and choose `algorithm: hyperband | bayesian | random` (hyperband takes "
+                             "`hyperband: {max_epochs, factor}`)")
+        if self.hyperband is not None and self.algorithm != "hyperband":
+            raise ValueError(f"search.hyperband is for algorithm hyperband only, but algorithm is "
+                             f"{self.algorithm!r}; remove search.hyperband, or set `algorithm: hyperband`")
+        if "startup_trials" in given and self.algorithm != "bayesian":
+            raise ValueError(f"search.startup_trials (random points before the Gaussian process) is for "
+                             f"algorithm bayesian only, but algorithm is {self.algorithm!r}; remove search.startup_trials")
+        if len(self.objectives) > 1:
+            raise ValueError(f"backend keras-tuner optimizes one objective, but {len(self.objectives)} are set; keep "
+                             "one, or use `backend: optuna` for a multi-objective search")
+        return self
 
     @model_validator(mode="after")
     def _multi_objective_rules(self) -> SearchSpec:
@@ -167,6 +223,31 @@ class TrackingSpec(Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the spec name")
 
 
+EXPORT_FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx")
+ExportFormat = Literal["keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"]
+
+
+class ExportSpec(Section):
+    """The winner made deployable: retrain on train+val, prune, quantize, export, measure (`nas export`)."""
+
+    after_search: bool = Field(False, description="run the export when `nas search` completes")
+    retrain_epochs: int | None = Field(None, ge=1, description="epochs on train+val; default train.epochs")
+    sparsity: float = Field(0.5, ge=0, lt=1, description="target zero share of Conv2D/Dense kernels; 0 skips pruning")
+    finetune_epochs: int = Field(4, ge=1, description="epochs of pruning fine-tuning (sparsity ramps up over the first half)")
+    formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS), min_length=1)
+    int8_io: bool = Field(True, description="tflite-int8 takes and returns int8 (false: float32 in and out)")
+    calibration_samples: int = Field(200, ge=1, description="training images that calibrate int8 quantization")
+    latency_runs: int = Field(200, ge=10, description="batch-1 invocations timed per artifact (median reported)")
+    registry: ExportFormat | None = Field("tflite-int8", description="artifact registered in the MLflow Model Registry (null: none)")
+
+    @model_validator(mode="after")
+    def _register_is_exported(self) -> ExportSpec:
+        if self.registry and self.registry not in self.formats:
+            raise ValueError(f"registry {self.registry!r} is not among formats {self.formats}; add it to formats "
+                             "or set registry to one of them (or null)")
+        return self
+
+
 class Spec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
                       description="names the run directory runs/<name>/ and the MLflow experiment")
@@ -177,4 +258,5 @@ class Spec(Section):
     train: TrainSpec = TrainSpec()
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
+    export: ExportSpec = ExportSpec()
 
