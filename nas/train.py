@@ -99,7 +99,10 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutc
     state, reason = cb.stopped or ("finished", None)
     out = TrialOutcome(state=state, reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
                        epochs_run=len(cb.history))
-    if state == "finished" and task.save_model_to and cb.best_weights is not None:
+    best_value = cb.best.get(task.monitor)
+    beats = task.save_threshold is None or (best_value is not None and (
+        best_value > task.save_threshold if task.mode == "maximize" else best_value < task.save_threshold))
+    if state == "finished" and task.save_model_to and cb.best_weights is not None and beats:
         model.set_weights(cb.best_weights)
         path = Path(task.save_model_to)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ class TrialTask:
     save_model_to: str | None = None  # write the best-epoch model here (.keras) when the trial finishes
     monitor: str = "val_accuracy"  # which epoch is "best" (weights kept, metrics reported)
     mode: str = "maximize"
+    save_threshold: float | None = None  # save only if the best monitored value beats this (the current best)
 
 
 @dataclass
