@@ -113,10 +113,13 @@ def run_search(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     df = pd.read_csv(run / "leaderboard.csv")
     best = json.loads((run / "best" / "metrics.json").read_text())
     states = df["state"].value_counts().to_dict()
+    top = df[df["trial"] == best["trial"]].iloc[0]
+    params = {k.removeprefix("param."): v for k, v in top.items() if k.startswith("param.") and v == v}
     return {"trials": len(df), "finished": states.get("finished", 0), "pruned": states.get("pruned", 0),
             "failed": states.get("failed", 0), "epochs": int(df["epochs_run"].fillna(0).sum()),
             "train_s": float(df["wall_time_s"].fillna(0).sum()), "wall_s": wall,
-            "val": best["val_accuracy"], "test": best["test_accuracy"]}
+            "val": best["val_accuracy"], "test": best["test_accuracy"], "best_trial": int(best["trial"]),
+            "best_epochs": int(top["epochs_run"]), "best_params": params}
 
 
 def compare(name: str, base: dict[str, Any], max_epochs: int, factor: int, seed: int) -> list[dict[str, Any]]:
@@ -136,6 +139,11 @@ def print_search_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         print(f"| {r['data']} | {r['backend']} | {r['budget']} | {r['trials']} ({r['finished']}/{r['pruned']}/{r['failed']}) "
               f"| {r['epochs']} | {r['train_s']:.0f} | {r['wall_s']:.0f} | {r['val']:.4f} | {r['test']:.4f} |")
+    print("\nbest trials:")
+    for r in rows:
+        shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in r["best_params"].items()
+                 if not k.startswith("block.")}
+        print(f"  {r['data']:14} {r['backend']:22} trial {r['best_trial']} ({r['best_epochs']} epochs): {shown}")
 
 
 # -- per-trial overhead ---------------------------------------------------------------------------------
