@@ -114,7 +114,8 @@ def run_search(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     best = json.loads((run / "best" / "metrics.json").read_text())
     states = df["state"].value_counts().to_dict()
     top = df[df["trial"] == best["trial"]].iloc[0]
-    params = {k.removeprefix("param."): v for k, v in top.items() if k.startswith("param.") and v == v}
+    params = {k.removeprefix("param."): getattr(v, "item", lambda: v)() for k, v in top.items()
+              if k.startswith("param.") and v == v}  # numpy scalars -> plain values; NaN (unused dims) left out
     return {"trials": len(df), "finished": states.get("finished", 0), "pruned": states.get("pruned", 0),
             "failed": states.get("failed", 0), "epochs": int(df["epochs_run"].fillna(0).sum()),
             "train_s": float(df["wall_time_s"].fillna(0).sum()), "wall_s": wall,
