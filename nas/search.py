@@ -6,6 +6,7 @@ data, run directory) fails before the first epoch; once trials run, nothing done
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -53,7 +54,7 @@ def _with_overrides(loaded: LoadedSpec, opts: SearchOptions) -> LoadedSpec:
     if not updates:
         return loaded
     spec = loaded.spec.model_copy(update={"search": loaded.spec.search.model_copy(update=updates)})
-    return LoadedSpec(spec=spec, path=loaded.path, text=loaded.text)
+    return dataclasses.replace(loaded, spec=spec)
 
 
 def resolve_tracking_uri(loaded: LoadedSpec, opts: SearchOptions) -> str:
