@@ -30,7 +30,7 @@ SEARCH_STATUSES = ("FINISHED", "KILLED", "FAILED")
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3.17
 _MAX_TAG_LEN = 8000  # MAX_TAG_VAL_LENGTH
 _BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
-_URI_FIX = "check --tracking-uri or tracking.uri in the spec"
+_URI_FIX = "check --tracking-uri, tracking.uri in the spec, or --runs-dir for the default store"
 _HTTP = ("http://", "https://")
 
 
@@ -75,6 +75,10 @@ def _check_sqlite(uri: str) -> None:
     path = _sqlite_path(uri)
     if path is None:
         return
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise _fail(uri, f"{str(blocker)!r} is a file, not a folder, so the database cannot be created under it",
+                    f"point it at a writable folder ({_URI_FIX})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

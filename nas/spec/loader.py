@@ -44,6 +44,18 @@ class LoadedSpec:
     spec: Spec
     path: Path
     text: str
+    shown: str = ""  # the path as the user typed it, for messages
+
+    def where(self, dotted: str) -> str:
+        """'spec.yaml:12: train.batch_size' for a message about a key, with the key's line when it is in the file."""
+        name = self.shown or str(self.path)
+        try:
+            _, lines = _line_map(self.text, name)
+        except SpecError:
+            lines = {}
+        parts = tuple(dotted.split("."))
+        line = next((lines[parts[:i]] for i in range(len(parts), 0, -1) if parts[:i] in lines), None)
+        return f"{name}:{line}: {dotted}" if line else f"{name}: {dotted}"
 
     @property
     def base_dir(self) -> Path:
@@ -81,7 +93,9 @@ def _line_map(text: str, path: str) -> tuple[Any, dict[Loc, int]]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(path, [f"{path}{line}: YAML syntax error: {problem}. Check indentation and quoting on that line."]) from None
+        fix = ("YAML indents with spaces only: replace the tab with spaces" if "'\\t'" in problem
+               else "Check indentation and quoting on that line")
+        raise SpecError(path, [f"{path}{line}: YAML syntax error: {problem}. {fix}."]) from None
     lines: dict[Loc, int] = {}
 
     def walk(node: Any, loc: Loc) -> None:
@@ -146,9 +160,45 @@ def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
         return f"{where}: {dotted}: expected one of {expected}, got {err.get('input')!r}.{hint}"
     if kind in ("model_type", "dict_type") or kind.startswith("model_attributes"):
         return f"{where}: {dotted}: expected a mapping of keys (a YAML section), got {err.get('input')!r}."
+    if kind in _TYPE_WORDS or kind in _BOUNDS:
+        return f"{where}: {dotted}: expected {_expected(loc, kind)}, got {err.get('input')!r}."
+    if kind == "string_pattern_mismatch" and loc == ("name",):
+        return (f"{where}: name: expected letters, digits, '_', '.' or '-' (starting with a letter or digit), got "
+                f"{err.get('input')!r}; the name becomes the folder runs/<name>/ and the MLflow experiment.")
+    if kind in ("too_short", "too_long"):
+        ctx = err.get("ctx", {})
+        n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        return (f"{where}: {dotted}: expected {'at least' if kind == 'too_short' else 'at most'} {n} item(s), "
+                f"got {ctx.get('actual_length')}: {err.get('input')!r}.")
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     return f"{where}: {dotted}: {msg}."if not msg.endswith((".", "?")) else f"{where}: {dotted}: {msg}"
+
+
+# pydantic error type -> what the key expected, in the words of the rest of our messages
+_TYPE_WORDS = {
+    "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string (quote it if YAML reads it as something else)",
+    "list_type": "a list, e.g. [a, b]", "tuple_type": "a list, e.g. [28, 28]",
+}
+_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
+_BOUND_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _expected(loc: Loc, kind: str) -> str:
+    """'a whole number >= 1', 'a number > 0 and < 1': the type and every bound of the key, not just the one broken."""
+    owner = _model_at(loc[:-1]) if loc and isinstance(loc[-1], str) else None
+    field = owner.model_fields.get(str(loc[-1])) if owner else None
+    bounds = [f"{_BOUND_SIGNS[name]} {getattr(m, name):g}" for m in (field.metadata if field else [])
+              for name in _BOUND_SIGNS if hasattr(m, name)]
+    if field is not None and field.annotation is int or kind.startswith("int"):
+        word = "a whole number"
+    elif kind in _TYPE_WORDS:
+        word = _TYPE_WORDS[kind]
+    else:
+        word = "a number"
+    return " ".join([word, " and ".join(bounds)]).strip() if word in ("a whole number", "a number") else word
 
 
 def _is_losing_union_branch(err: dict[str, Any]) -> bool:
@@ -159,6 +209,9 @@ def _is_losing_union_branch(err: dict[str, Any]) -> bool:
 
 def parse_spec(text: str, path: str = "<spec>") -> Spec:
     data, lines = _line_map(text, path)
+    if data is None:
+        raise SpecError(path, [f"{path}: the spec is empty; expected a YAML mapping with sections name, data, space, "
+                               "... (start from search_spaces/digits.yaml)"])
     if not isinstance(data, dict):
         raise SpecError(path, [f"{path}: expected a YAML mapping with sections name, data, space, ... but the file holds {type(data).__name__}; start from search_spaces/digits.yaml"])
     try:
@@ -177,4 +230,4 @@ def load_spec(path: str | Path) -> LoadedSpec:
         raise SpecError(str(path), [f"{path}: no such spec file; check the path (shipped examples are in search_spaces/)"]) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(str(path), [f"{path}: cannot read the spec ({exc.__class__.__name__}); pass a readable UTF-8 YAML file"]) from None
-    return LoadedSpec(spec=parse_spec(text, str(path)), path=p.resolve(), text=text)
+    return LoadedSpec(spec=parse_spec(text, str(path)), path=p.resolve(), text=text, shown=str(path))
