@@ -61,13 +61,13 @@ def check_spec_fits_data(loaded: LoadedSpec, info: DataInfo, train_samples: int)
     if kernel > min(h, w):
         problems.append(
             f"{loaded.where('space.kernel_size')}: kernel size {kernel} is larger than the {h}x{w} input images, "
-            f"so most of each kernel would only ever see padding; use kernel sizes <= {min(h, w)}")
+            f"so most of each kernel would only ever see padding; use kernel sizes <= {min(h, w)}.")
     batch = int(_largest(spec.train.batch_size))
     if batch > train_samples:
         problems.append(
             f"{loaded.where('train.batch_size')}: batch size {batch} is more than the {train_samples} training "
             f"samples left after the validation and test splits, so every epoch would be one partial batch; use "
-            f"batch sizes <= {train_samples}, or add data")
+            f"batch sizes <= {train_samples}, or add data.")
     if problems:
         raise DataError("\n".join(problems) if len(problems) == 1 else
                         f"{len(problems)} problems with the spec on this data:\n" + "\n".join(f"  - {p}" for p in problems))

@@ -79,6 +79,10 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
     `new`, it is moved aside to `<name>.<timestamp>` and a fresh one started.
     """
     run = RunDir(runs_dir / loaded.spec.name)
+    blocker = next((p for p in run.root.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RunDirError(f"{run.root}: cannot create the run directory: {blocker} is a file, not a folder; "
+                          "choose another place with --runs-dir")
     try:
         run.root.parent.mkdir(parents=True, exist_ok=True)
         existing = run.meta.exists()

@@ -174,9 +174,18 @@ def _load_idx(folder: Path, where: str) -> RawData:
 def _load_npz(path: Path, where: str) -> RawData:
     example = "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=..., class_names=np.array([...], dtype=str))"
     try:
+        with path.open("rb") as f:
+            head = f.read(6)
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as e:
         raise DataError(f"{where}: file {path} not found; expected an .npz written by {example}.") from e
+    except IsADirectoryError as e:
+        raise DataError(f"{where}: {path} is a folder; expected an .npz file written by {example}.") from e
+    except ValueError as e:
+        if head[:2] != b"PK" and head != b"\x93NUMPY":  # numpy guesses "pickle" for any other bytes
+            raise DataError(f"{where}: {path} is not an .npz archive (it starts with bytes {head[:4].hex(' ') or '(none)'}, "
+                            f"an .npz starts with 50 4b); write it with {example}.") from e
+        raise DataError(f"{where}: cannot read {path} as an .npz archive ({e}); write it with {example}.") from e
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{where}: cannot read {path} as an .npz archive ({e}); write it with {example}.") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -354,7 +363,8 @@ def _finalize(desc: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.nd
     top = int(max(y.max() for *_, y in pairs))
     names = names if names is not None else tuple(str(i) for i in range(top + 1))
     if top >= len(names):
-        raise DataError(f"{where}: label {top} found but only {len(names)} class names {list(names)[:5]}...; "
+        shown = f"{list(names)[:5]}{'...' if len(names) > 5 else ''}"
+        raise DataError(f"{where}: label {top} found but only {len(names)} class names {shown}; "
                         f"expected labels 0..{len(names) - 1}; fix the labels or list one name per class.")
     if len(names) < 2 or len(np.unique(y_train)) < 2:
         raise DataError(f"{where}: the training data has {len(np.unique(y_train))} distinct class(es); "

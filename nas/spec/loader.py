@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -201,6 +202,11 @@ def _expected(loc: Loc, kind: str) -> str:
     return " ".join([word, " and ".join(bounds)]).strip() if word in ("a whole number", "a number") else word
 
 
+def _close_keys(loc: Loc) -> list[str]:
+    owner = _model_at(loc[:-1])
+    return difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1, cutoff=0.5) if owner else []
+
+
 def _is_losing_union_branch(err: dict[str, Any]) -> bool:
     """`filters` is a number form or a {base, growth} mapping: report only the branch the input aimed at."""
     tagged = [p for p in err["loc"] if isinstance(p, str) and (p[:1].isupper() or "[" in p)]
@@ -218,6 +224,10 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         return Spec.model_validate(data)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not _is_losing_union_branch(e)]
+        # `spaec:` both is unknown and leaves `space` missing: the did-you-mean on the typo says it all
+        typos = {(*e["loc"][:-1], m) for e in errors if e["type"] == "extra_forbidden"
+                 for m in _close_keys(e["loc"])}
+        errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in typos)]
         problems = list(dict.fromkeys(_message(e, path, lines) for e in errors))  # dedupe, keep order
         raise SpecError(path, problems) from None
 

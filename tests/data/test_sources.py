@@ -205,8 +205,14 @@ def test_npz_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"holds a single array, not an \.npz archive"):
         load_source("npz:one.npy", tmp_path)
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
-    with pytest.raises(DataError, match=r"cannot read .*junk\.npz as an \.npz archive"):
+    with pytest.raises(DataError, match=r"junk\.npz is not an \.npz archive \(it starts with bytes 6e 6f 74 20"):
         load_source("npz:junk.npz", tmp_path)
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 and then nothing")  # zip magic, truncated archive
+    with pytest.raises(DataError, match=r"cannot read .*cut\.npz as an \.npz archive"):
+        load_source("npz:cut.npz", tmp_path)
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(DataError, match=r"dir\.npz is a folder"):
+        load_source("npz:dir.npz", tmp_path)
 
 
 # --- folder ----------------------------------------------------------------------------------------------------------
