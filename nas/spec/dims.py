@@ -139,6 +139,8 @@ class _Rule:
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _fail(f"expected a number, got {v!r}{at}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _fail(f"expected a finite number, got {v!r}{at}")
         if self.kind == "int":
             if isinstance(v, float) and not v.is_integer():
                 raise _fail(f"expected a whole number, got {v!r}{at}")

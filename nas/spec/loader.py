@@ -15,9 +15,10 @@ from pydantic import BaseModel, ValidationError
 
 from nas.errors import SpecError
 from nas.spec.dims import did_you_mean
-from nas.spec.model import FiltersGrowth, Spec
+from nas.spec.model import FiltersGrowth, Section, Spec
 
 Loc = tuple[str | int, ...]
+_MODEL_NAMES = {cls.__name__ for cls in (Section, *Section.__subclasses__())}
 
 # Keys that may change between a search and its resume: the budget and how trials are run, never what
 # is searched. Dotted prefixes of `flat_keys`.
@@ -139,9 +140,15 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
     return model if isinstance(model, type) else None
 
 
+def _is_branch_tag(part: str | int) -> bool:
+    """A union-branch name pydantic puts into an error's location (a model class, "function-plain[parse()]"),
+    as opposed to a key the user wrote (which may well start with a capital letter)."""
+    return isinstance(part, str) and (part in _MODEL_NAMES or re.match(r"function-[a-z]+\[", part) is not None)
+
+
 def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
     # drop pydantic's union-branch tags ("FiltersGrowth", "function-plain[parse()]") from the path
-    loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+    loc: Loc = tuple(p for p in err["loc"] if not _is_branch_tag(p))
     # the closest line we know: the key itself, else its parent
     line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
     where = f"{path}:{line}" if line else path
@@ -179,7 +186,7 @@ def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
 # pydantic error type -> what the key expected, in the words of the rest of our messages
 _TYPE_WORDS = {
     "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
-    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number", "bool_parsing": "true or false",
     "bool_type": "true or false", "string_type": "a string (quote it if YAML reads it as something else)",
     "list_type": "a list, e.g. [a, b]", "tuple_type": "a list, e.g. [28, 28]",
 }
@@ -209,7 +216,7 @@ def _close_keys(loc: Loc) -> list[str]:
 
 def _is_losing_union_branch(err: dict[str, Any]) -> bool:
     """`filters` is a number form or a {base, growth} mapping: report only the branch the input aimed at."""
-    tagged = [p for p in err["loc"] if isinstance(p, str) and (p[:1].isupper() or "[" in p)]
+    tagged = [p for p in err["loc"] if _is_branch_tag(p)]
     return bool(tagged) and err["type"] == "model_type"
 
 

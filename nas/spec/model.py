@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from nas.spec.dims import dim
+from nas.spec.dims import _Rule, dim
 
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "leaky_relu", "tanh", "selu", "mish")
 POOLINGS = ("max", "avg", "none")
@@ -27,7 +27,7 @@ METRICS = {  # objective metric -> natural direction
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 def _duration(raw: Any) -> Any:
@@ -73,11 +73,17 @@ class FiltersGrowth(Section):
     growth: dim("float", ge=1) = 2.0
 
 
+_FILTERS = _Rule("int", ge=1)  # the per-block form of space.filters; must match the annotation below
+
+
 def _filters(raw: Any) -> Any:
-    # A mapping with base/growth keys is the growth form; anything else is a per-block dimension.
-    if isinstance(raw, dict) and ("base" in raw or "growth" in raw):
+    # A mapping with base/growth, or without any range or choice key, is the growth form (so a typo such as
+    # `Base:` is reported against base/growth); a mapping with range keys is a per-block dimension.
+    # Decided here rather than left to the union, which would report both branches' errors.
+    range_keys = {"low", "high", "log", "step", "choices"}
+    if isinstance(raw, dict) and ("base" in raw or "growth" in raw or not set(raw) & range_keys):
         return FiltersGrowth.model_validate(raw)
-    return raw
+    return _FILTERS.parse(raw)
 
 
 class HeadSpec(Section):
@@ -91,7 +97,7 @@ class SpaceSpec(Section):
     """The architecture. Block-level keys are sampled once per block (block.1.*, block.2.*, ...)."""
 
     depth: dim("int", ge=1, le=32)
-    filters: Annotated[FiltersGrowth | dim("int", ge=1), BeforeValidator(_filters)] = 32
+    filters: Annotated[FiltersGrowth | dim("int", ge=1), BeforeValidator(_filters)] = 32  # see _FILTERS
     kernel_size: dim("int", ge=1) = 3
     strides: dim("int", ge=1) = 1
     convs_per_block: dim("int", ge=1) = 1
