@@ -23,7 +23,9 @@ class SpecError(NasError):
         if len(problems) == 1:
             super().__init__(problems[0])
         else:
-            super().__init__(f"{path}: {len(problems)} problems in the spec:\n" + "\n".join(f"  - {p}" for p in problems))
+            shown = problems[:20]  # the first ones locate the mistake; a wall of text hides it
+            more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+            super().__init__(f"{path}: {len(problems)} problems in the spec:\n" + "\n".join(f"  - {p}" for p in shown) + more)
 
 
 class DataError(NasError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -95,6 +96,16 @@ def to_yaml_form(d: Dim) -> Any:
     return out
 
 
+_REPR = reprlib.Repr()  # Python 3.11 takes no keyword arguments here
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 30
+
+
+def shown(value: Any) -> str:
+    """repr() for messages, cut short: a spec can alias a huge structure (YAML anchors) into any key."""
+    return _REPR.repr(value)
+
+
 def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("nas_dim", message)
 
@@ -131,19 +142,19 @@ class _Rule:
         if self.kind == "str":
             if not isinstance(v, str) or v not in self.options:
                 hint = did_you_mean(v, self.options) if isinstance(v, str) else ""
-                raise _fail(f"expected one of {', '.join(self.options)}, got {v!r}{at}.{hint}")
+                raise _fail(f"expected one of {', '.join(self.options)}, got {shown(v)}{at}.{hint}")
             return v
         if self.kind == "bool":
             if not isinstance(v, bool):
-                raise _fail(f"expected true or false, got {v!r}{at}")
+                raise _fail(f"expected true or false, got {shown(v)}{at}")
             return v
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _fail(f"expected a number, got {v!r}{at}")
+            raise _fail(f"expected a number, got {shown(v)}{at}")
         if isinstance(v, float) and not math.isfinite(v):
-            raise _fail(f"expected a finite number, got {v!r}{at}")
+            raise _fail(f"expected a finite number, got {shown(v)}{at}")
         if self.kind == "int":
             if isinstance(v, float) and not v.is_integer():
-                raise _fail(f"expected a whole number, got {v!r}{at}")
+                raise _fail(f"expected a whole number, got {shown(v)}{at}")
             v = int(v)
         else:
             v = float(v)
@@ -154,7 +165,7 @@ class _Rule:
             and (self.le is None or v <= self.le)
         )
         if not ok:
-            raise _fail(f"expected a value {self.bounds()}, got {v!r}{at}")
+            raise _fail(f"expected a value {self.bounds()}, got {shown(v)}{at}")
         return v
 
     def parse(self, raw: Any) -> Dim:
@@ -168,7 +179,7 @@ class _Rule:
                 if extra:
                     raise _fail(f"a choice takes only 'choices', got also {sorted(extra)}")
                 if not isinstance(raw["choices"], list):
-                    raise _fail(f"'choices' must be a list, got {raw['choices']!r}")
+                    raise _fail(f"'choices' must be a list, got {shown(raw['choices'])}")
                 return self._choice(raw["choices"])
             return self._range(raw)
         return Fixed(self.scalar(raw))
@@ -189,26 +200,26 @@ class _Rule:
         unknown = sorted(set(raw) - allowed)
         if unknown:
             hint = did_you_mean(unknown[0], sorted(allowed | {"choices"}))
-            raise _fail(f"unknown key {unknown[0]!r} in a range: a range takes low, high, log, step.{hint}")
+            raise _fail(f"unknown key {shown(unknown[0])} in a range: a range takes low, high, log, step.{hint}")
         if "low" not in raw or "high" not in raw:
             raise _fail("a range needs both 'low' and 'high', e.g. {low: 1, high: 4}")
         low, high = self.scalar(raw["low"], "low"), self.scalar(raw["high"], "high")
         log = raw.get("log", False)
         if not isinstance(log, bool):
-            raise _fail(f"'log' must be true or false, got {log!r}")
+            raise _fail(f"'log' must be true or false, got {shown(log)}")
         if low > high:
-            raise _fail(f"`low <= high` must hold, but got low={low!r} and high={high!r}; swap them")
+            raise _fail(f"`low <= high` must hold, but got low={shown(low)} and high={shown(high)}; swap them")
         if log and low <= 0:
-            raise _fail(f"a log-scale range needs low > 0, but got low={low!r}; use a small positive low such as 1e-5")
+            raise _fail(f"a log-scale range needs low > 0, but got low={shown(low)}; use a small positive low such as 1e-5")
         step = raw.get("step")
         if step is not None:
             if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
-                raise _fail(f"'step' must be a positive number, got {step!r}")
+                raise _fail(f"'step' must be a positive number, got {shown(step)}")
             if log:
                 raise _fail("'step' and 'log: true' cannot be combined; drop one of them")
         if self.kind == "int":
             if step is not None and not float(step).is_integer():
-                raise _fail(f"'step' of an integer range must be a whole number, got {step!r}")
+                raise _fail(f"'step' of an integer range must be a whole number, got {shown(step)}")
             return IntRange(int(low), int(high), int(step or 1), log)
         return FloatRange(float(low), float(high), float(step) if step is not None else None, log)
 

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from nas.errors import SpecError
-from nas.spec.dims import did_you_mean
+from nas.spec.dims import did_you_mean, shown
 from nas.spec.model import FiltersGrowth, Section, Spec
 
 Loc = tuple[str | int, ...]
@@ -100,8 +100,13 @@ def _line_map(text: str, path: str) -> tuple[Any, dict[Loc, int]]:
         raise SpecError(path, [f"{path}{line}: YAML syntax error: {problem}. {fix}."]) from None
     lines: dict[Loc, int] = {}
 
+    seen_nodes: set[int] = set()
+
     def walk(node: Any, loc: Loc) -> None:
         lines.setdefault(loc, node.start_mark.line + 1)
+        if id(node) in seen_nodes:  # an alias: walked once already (and walking again could explode)
+            return
+        seen_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
@@ -164,20 +169,20 @@ def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         options = [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]
-        hint = did_you_mean(str(err.get("input")), options)
-        return f"{where}: {dotted}: expected one of {expected}, got {err.get('input')!r}.{hint}"
+        hint = did_you_mean(err["input"], options) if isinstance(err.get("input"), str) else ""
+        return f"{where}: {dotted}: expected one of {expected}, got {shown(err.get('input'))}.{hint}"
     if kind in ("model_type", "dict_type") or kind.startswith("model_attributes"):
-        return f"{where}: {dotted}: expected a mapping of keys (a YAML section), got {err.get('input')!r}."
+        return f"{where}: {dotted}: expected a mapping of keys (a YAML section), got {shown(err.get('input'))}."
     if kind in _TYPE_WORDS or kind in _BOUNDS:
-        return f"{where}: {dotted}: expected {_expected(loc, kind)}, got {err.get('input')!r}."
+        return f"{where}: {dotted}: expected {_expected(loc, kind)}, got {shown(err.get('input'))}."
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return (f"{where}: name: expected letters, digits, '_', '.' or '-' (starting with a letter or digit), got "
-                f"{err.get('input')!r}; the name becomes the folder runs/<name>/ and the MLflow experiment.")
+                f"{shown(err.get('input'))}; the name becomes the folder runs/<name>/ and the MLflow experiment.")
     if kind in ("too_short", "too_long"):
         ctx = err.get("ctx", {})
         n = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
         return (f"{where}: {dotted}: expected {'at least' if kind == 'too_short' else 'at most'} {n} item(s), "
-                f"got {ctx.get('actual_length')}: {err.get('input')!r}.")
+                f"got {ctx.get('actual_length')}: {shown(err.get('input'))}.")
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     return f"{where}: {dotted}: {msg}."if not msg.endswith((".", "?")) else f"{where}: {dotted}: {msg}"

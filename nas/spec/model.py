@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from nas.spec.dims import _Rule, dim
+from nas.spec.dims import _Rule, dim, shown
 
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "leaky_relu", "tanh", "selu", "mish")
 POOLINGS = ("max", "avg", "none")
@@ -39,7 +39,7 @@ def _duration(raw: Any) -> Any:
         if parts and any(parts.groups()):
             h, m, s = (float(g) if g else 0.0 for g in parts.groups())
             return h * 3600 + m * 60 + s
-    raise ValueError(f"expected a duration such as 90s, 30m, 2h or 1h30m (or seconds as a number), got {raw!r}")
+    raise ValueError(f"expected a duration such as 90s, 30m, 2h or 1h30m (or seconds as a number), got {shown(raw)}")
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
