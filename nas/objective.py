@@ -67,7 +67,7 @@ class TrialObjective:
         metrics = {(f"best_{k}" if k in EPOCH_METRICS else k): v for k, v in result.metrics.items()
                    if isinstance(v, (int, float)) and math.isfinite(v)}
         self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
-                               tags={"nas.traceback": result.traceback[-4000:]} if result.traceback else {})
+                               tags={"nas.traceback": result.traceback} if result.traceback else {})
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
         return result
 

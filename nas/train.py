@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,31 @@ def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=wd)
 
 
+def describe_failure(exc: BaseException, frames: int = 10, message_chars: int = 2500) -> tuple[str, str]:
+    """(reason, traceback) of a trial's exception. The reason is the one line its leaderboard row and MLflow run
+    show. The traceback keeps the innermost frames (the outer ones are always our worker plumbing) and the ends
+    of the message, so that it fits an MLflow tag (8000 characters) with its exception line: TensorFlow's
+    messages repeat the whole stack the failing op was built in."""
+    name, text = type(exc).__name__, str(exc).strip()
+    # TensorFlow raises ResourceExhaustedError for GPU and CPU allocations alike; CUDA's own failures come as
+    # Internal/UnknownError whose text says "out of memory".
+    if name == "ResourceExhaustedError" or isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        reason = "out of memory; lower train.batch_size or space.max_params"
+    else:
+        reason = f"{name}: {text.splitlines()[0][:300]}" if text else name
+    tb = traceback.TracebackException.from_exception(exc, limit=-frames)
+    message = "".join(tb.format_exception_only())
+    if len(message) > message_chars:
+        half = message_chars // 2
+        message = f"{message[:half]}\n[... {len(message) - 2 * half} characters ...]\n{message[-half:]}"
+    return reason, "Traceback (most recent call last):\n" + "".join(tb.stack.format()) + message
+
+
 class _EpochCallback(keras.callbacks.Callback):
     """Reports each epoch, stops on divergence or a prune decision, and remembers the best weights."""
+
+    # Keras then runs on_train_batch_end in a thread pool: watching every batch's loss costs no device sync.
+    async_safe = True
 
     def __init__(self, on_epoch: EpochHook, task: TrialTask, patience: int | None):
         super().__init__()
@@ -51,6 +75,12 @@ class _EpochCallback(keras.callbacks.Callback):
         if not math.isfinite(value):
             return False
         return self.best_epoch is None or self.sign * value > self.sign * self.best[self.monitor]
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # The running loss is NaN/inf from the first bad batch on: stop there, not at the end of the epoch.
+        # Keras still ends the epoch (validation, on_epoch_end), which records the divergence.
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         n = epoch + 1
@@ -94,8 +124,14 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutc
     )
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
     cb = _EpochCallback(on_epoch, task, cfg.early_stopping)
-    model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
-              callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
+                  callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
+    except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
+        reason, tb = describe_failure(exc)
+        return TrialOutcome("failed", reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
+                            epochs_run=len(cb.history), wall_time_s=time.perf_counter() - started, traceback=tb,
+                            error=True)
     state, reason = cb.stopped or ("finished", None)
     out = TrialOutcome(state=state, reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
                        epochs_run=len(cb.history))

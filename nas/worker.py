@@ -12,7 +12,6 @@ import gc
 import multiprocessing as mp
 import os
 import signal
-import traceback
 import warnings
 from typing import Any, Protocol
 
@@ -34,20 +33,14 @@ def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutco
     """Run one trial with the session cleared first; map exceptions to a failed outcome with a reason."""
     import keras
 
-    from nas.train import run_trial
+    from nas.train import describe_failure, run_trial
 
     keras.backend.clear_session()
     gc.collect()
     try:
         return run_trial(task, splits, on_epoch)
     except Exception as exc:  # one trial's failure must never end the search
-        name = type(exc).__name__
-        if name == "ResourceExhaustedError":
-            reason = "out of memory; lower train.batch_size or space.max_params"
-        else:
-            summary = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            reason = f"{name}: {summary}" if summary else name
-        return _failed(reason, traceback.format_exc())
+        return _failed(*describe_failure(exc))
 
 
 def _failed(reason: str, tb: str) -> TrialOutcome:
@@ -176,6 +169,8 @@ class ProcessRunner:
                 if msg[0] == "epoch":
                     self._send(("decision", on_epoch(msg[1], msg[2])))
                 else:
+                    if msg[1].error:  # an error may leave TensorFlow broken (a GPU after OOM): next trial, new worker
+                        self._tasks = self.max_tasks
                     return msg[1]  # type: ignore[no-any-return]
         except WorkerDied as exc:
             return TrialOutcome("failed", reason=str(exc), error=True)
