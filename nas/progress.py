@@ -17,7 +17,9 @@ class Reporter(Protocol):
     def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None: ...
     def trial_started(self, number: int, params_count: int) -> None: ...
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None: ...
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None: ...
+    # error: failed through an exception or a dead worker; such a trial does not count toward the budget
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
+                       error: bool = False) -> None: ...
     def close(self) -> None: ...
 
 
@@ -33,8 +35,8 @@ class _Counts:
         self.epoch = 0
         self.current_val: float | None = None
 
-    def finish(self, state: str, metrics: dict[str, float]) -> None:
-        if state in ("finished", "pruned"):
+    def finish(self, state: str, metrics: dict[str, float], error: bool) -> None:
+        if state in ("finished", "pruned") or (state == "failed" and not error):  # as the backends count
             self.done += 1
         self.pruned += state == "pruned"
         self.failed += state == "failed"
@@ -92,8 +94,9 @@ class RichReporter:
         self.c.epoch, self.c.current_val = epoch, metrics.get("val_accuracy")
         self._refresh()
 
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None:
-        self.c.finish(state, metrics)
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
+                       error: bool = False) -> None:
+        self.c.finish(state, metrics, error)
         style = {"finished": "green", "pruned": "yellow", "failed": "red"}.get(state, "white")
         tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else (reason or "")
         self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
@@ -128,8 +131,9 @@ class PlainReporter:
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None) -> None:
-        self.c.finish(state, metrics)
+    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
+                       error: bool = False) -> None:
+        self.c.finish(state, metrics, error)
         detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else reason or ""
         self._print(f"trial {number:>3} {state:<8} {detail} [{self.c.done}/{self.c.total}, best {_fmt(self.c.best)}, "
                     f"pruned {self.c.pruned}, failed {self.c.failed}, {time.monotonic() - self.t0:.0f}s]")

@@ -225,7 +225,7 @@ class KerasTunerBackend:
         value = result.metrics.get(self.primary.metric, math.nan)
         if state == "finished" and not math.isfinite(value):
             state, reason = "failed", f"objective {self.primary.metric} is {value}"
-        record = {"state": state, "reason": reason, "epochs": epochs, "params": params,
+        record = {"state": state, "reason": reason, "error": bool(result.error), "epochs": epochs, "params": params,
                   "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
                   **{f"keras_tuner.{k}": v for k, v in budget.items()}}
         atomic_write(self._record_path(trial.trial_id), json.dumps(record, indent=2, default=str))
@@ -260,7 +260,9 @@ class KerasTunerBackend:
         return {"COMPLETED": "finished", "RUNNING": "interrupted"}.get(status, "failed")
 
     def done(self) -> int:
-        return sum(self._state(tid, t.status) in DONE for tid, t in self.tuner.oracle.trials.items())
+        # a failure that is no error (divergence) is a verdict on its params and counts, as in the Optuna backend
+        return sum(self._state(tid, t.status) in DONE or self._records.get(tid, {}).get("error") is False
+                   for tid, t in self.tuner.oracle.trials.items())
 
     def counts(self) -> tuple[int, int, int]:
         states = [self._state(tid, t.status) for tid, t in self.tuner.oracle.trials.items()]

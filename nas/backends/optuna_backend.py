@@ -147,10 +147,13 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         trial.set_user_attr("nas.state", result.state)
         if result.reason:
             trial.set_user_attr("reason", result.reason)
-        if result.state == "pruned":
+        # A divergence is a verdict on the params, like pruning: told as PRUNED (the leaderboard still says
+        # failed), it counts toward search.trials, so a search where every trial diverges ends, and TPE learns
+        # from it (TPE ignores FAIL). An error is not: a new trial replaces it, up to max_failed_trials.
+        if result.state == "pruned" or (result.state == "failed" and not result.error):
             raise optuna.TrialPruned(result.reason)
         if result.state == "failed":
-            errors += result.error
+            errors += 1
             raise TrialFailed(result.reason)
         values = result.values(objectives)
         return values[0] if single else values
