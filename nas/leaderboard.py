@@ -39,6 +39,14 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
     return df.drop(columns="_rank").reset_index(drop=True)
 
 
+def reasons(df: pd.DataFrame, states: tuple[str, ...] = ("failed", "pruned"), top: int = 5) -> str:
+    """The most common reasons among trials in `states`, one indented line each: "  3 x diverged at ..."."""
+    if df.empty:
+        return ""
+    counts = df[df["state"].isin(states) & (df["reason"] != "")]["reason"].value_counts().head(top)
+    return "\n".join(f"  {n} x {r}" for r, n in counts.items())
+
+
 def write(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     df.to_csv(tmp, index=False)
@@ -56,6 +64,8 @@ def table(df: pd.DataFrame, top: int = 10) -> Table:
     rows = []
     for _, r in df.head(top).iterrows():
         keys = " ".join(f"{c.rsplit('.', 1)[-1]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
+        if r["state"] == "failed" and r["reason"]:
+            keys = str(r["reason"])  # why it failed says more than its params
         rows.append([str(r["trial"]), str(r["state"]), num(r["val_accuracy"], ".4f"), num(r["params"], ",.0f"),
                      num(r["flops"] / 1e6 if not _isnan(r["flops"]) else math.nan, ".1f"),
                      num(r["epochs_run"], ".0f"), num(r["wall_time_s"], ".1f", "s"),

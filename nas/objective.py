@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,15 @@ class TrialObjective:
         run_id = self.tracker.start_trial(number, params, {"nas.trial": str(number), **(tags or {})})
         try:
             result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune)
-        except BaseException:
+        except KeyboardInterrupt:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
+            raise
+        except Exception as exc:
+            # Not the trial's failure but ours (the tracking store, the run dir): it ends the search, and the
+            # MLflow run says why instead of "interrupted by the user".
+            self.tracker.end_trial(run_id, state="failed", reason=f"{type(exc).__name__}: {exc}"[:300], metrics={},
+                                   tags={"nas.traceback": traceback.format_exc()})
             raise
         # Per-epoch curves keep their names; the best epoch's values get a best_ prefix so they do not
         # land as a stray point at step 0 of the same curve in the MLflow charts.

@@ -167,7 +167,7 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
                                          max_tasks=spec.search.worker_max_trials,
                                          log_path=str(run_dir.root / "worker.log")))
 
-    from nas.leaderboard import frame, table, write
+    from nas.leaderboard import frame, reasons, table, write
     from nas.objective import TrialObjective
     from nas.progress import make_reporter
 
@@ -217,17 +217,16 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
         best_trial, best_metrics = _measure_best(run_dir, runner, spec, loaded.hash, description, tracker, console)
     finally:
         runner.close()
-        tracker.end_search("FINISHED" if finished else "FAILED")
+        tracker.end_search("FINISHED" if finished and stop_reason != "failures" else "FAILED")
 
     if not df.empty:
         console.print(table(df))
     elapsed = time.monotonic() - started
-    console.print(f"[bold]{_why(stop_reason, spec.search.max_failed_trials)}[/] in {elapsed:.0f}s: "
-                  f"{finished} finished, {pruned} pruned, {failed} failed")
+    head = _why(stop_reason, spec.search.max_failed_trials)
+    tally = f"{finished} finished, {pruned} pruned, {failed} failed"
+    console.print(f"[bold]{head}[/] in {elapsed:.0f}s: {tally}")
     if not finished:
-        reasons = df[df["state"].isin(["failed", "pruned"])]["reason"].value_counts().head(5) if not df.empty else {}
-        lines = "\n".join(f"  {n} x {r}" for r, n in dict(reasons).items())
-        raise NasError(f"no trial finished, so there is no best model. Most common reasons:\n{lines}\n"
+        raise NasError(f"no trial finished, so there is no best model ({head}: {tally}).{_common(reasons(df))}\n"
                        "Fix the space (see `nas validate`) or the training settings, then rerun.")
     if best_trial is not None:
         console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
@@ -235,6 +234,13 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
     if spec.tracking.enabled:
         console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {uri}; browse with `nas ui`")
+    if stop_reason == "failures":
+        # Non-zero although the finished trials and best/ stand: the search did not do what was asked, and a
+        # script (`nas search ... && nas export ...`) must notice. A rerun resumes with a fresh failure allowance.
+        raise NasError(f"the search {head} ({tally}); the finished trials and best/ are kept."
+                       f"{_common(reasons(df, ('failed',)))}\nFix the cause (a failed trial's MLflow run keeps its "
+                       "traceback in the nas.traceback tag), then rerun the same command to resume"
+                       + ("; export.after_search was skipped" if spec.export.after_search else ""))
     if spec.export.after_search and best_trial is not None:
         from nas.export.pipeline import ExportOptions, export
 
@@ -288,6 +294,10 @@ def current_best_value(run: RunDir, metric: str) -> float | None:
     except (OSError, ValueError, KeyError):
         return None
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _common(lines: str) -> str:
+    return f" Most common reasons:\n{lines}" if lines else ""
 
 
 def _why(reason: str, max_failed: int) -> str:
