@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import time
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ class RunDir:
     @property
     def best(self) -> Path:
         return self.root / "best"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
 
     @property
     def pending(self) -> Path:
@@ -88,6 +94,9 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
         existing = run.meta.exists()
         if existing:
             old_hash = run.read_meta().get("spec_hash")
+            holder = _lock_holder(run)
+            if holder:  # never resume, or move aside, a run dir another search is writing
+                raise RunDirError(_busy(run, holder))
             if new:
                 aside = run.root.with_name(f"{run.root.name}.{time.strftime('%Y%m%d-%H%M%S')}")
                 run.root.rename(aside)
@@ -113,29 +122,131 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
         raise RunDirError(f"{run.root}: cannot use the run directory ({exc}); choose another with --runs-dir") from None
     if existing:
         recover_best(run)
+        if not run.read_meta().get("uid"):  # made before run dirs had one
+            run.write_meta(uid=uuid.uuid4().hex)
     else:
         atomic_write(run.spec_copy, loaded.text)
-        run.write_meta(spec_hash=loaded.hash, spec_path=str(loaded.path), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        run.write_meta(spec_hash=loaded.hash, spec_path=str(loaded.path), created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       uid=uuid.uuid4().hex)
     return run, existing
+
+
+class RunLock:
+    """An exclusive lock on runs/<name>/.lock, held by one `nas search` from start to end.
+
+    The kernel drops a flock when its process dies, however it dies (kill -9 included), so holding it proves
+    that every earlier search in this run dir has ended: work they left marked "running" is known dead
+    (`held`). Where locks are unavailable (no fcntl, a file system without locks) nothing is proven and
+    `held` is False: a resume then waits for Optuna's heartbeat instead.
+    """
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def claim(run: RunDir) -> RunLock:
+    """Take the run dir's lock for this process, or refuse when a live search holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return RunLock(None)
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the worker (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirError(_busy(run, _lock_holder(run) or "?")) from None
+    except OSError:
+        os.close(fd)
+        return RunLock(None)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return RunLock(fd)
+
+
+def _lock_holder(run: RunDir) -> str | None:
+    """The pid written by the live search holding the lock, or None when no search holds it."""
+    try:
+        import fcntl
+
+        fd = os.open(run.lock_file, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _busy(run: RunDir, pid: str) -> str:
+    return (f"{run.root}: another `nas search` (pid {pid}) is running in this run directory; two at once would mix "
+            "their trials. Wait for it to finish, or stop it (Ctrl-C) and rerun")
 
 
 def promote_best(run: RunDir, model_path: Path, arch_json: str, trial: dict[str, Any]) -> None:
     """Make a trial's model the current best. best/ is swapped as a whole (model, arch.json, trial.json
-    from one trial, never a mix), via best.new/ -> best/; `recover_best` finishes a swap a kill interrupted."""
-    new, old = run.root / "best.new", run.root / "best.old"
+    from one trial, never a mix), via best.new/ -> best/; `recover_best` finishes a swap a kill interrupted.
+
+    The model it replaces waits in best.prev/ (empty when there was none) until `settle_best` sees the backend
+    record the trial: the objective promotes before the backend hears of the outcome, and a kill in between
+    makes the backend re-run the trial, so best/ must then go back to the model it replaced."""
+    new, prev = run.root / "best.new", run.root / "best.prev"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     os.replace(model_path, new / "model.keras")
     (new / "arch.json").write_text(arch_json, encoding="utf-8")
     (new / "trial.json").write_text(json.dumps(trial, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    if run.best.exists():
-        os.replace(run.best, old)
+    if prev.exists():  # best/ itself is unconfirmed; best.prev/ still holds the last confirmed best
+        shutil.rmtree(run.best, ignore_errors=True)
+    elif run.best.exists():
+        os.replace(run.best, prev)
+    else:
+        prev.mkdir()
     os.replace(new, run.best)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def settle_best(run: RunDir, done: Collection[int]) -> None:
+    """Confirm best/ once the backend has recorded its trial as done (`done`: those trial numbers), or
+    roll it back to best.prev/ when that trial was cut off before the backend recorded it."""
+    prev = run.root / "best.prev"
+    if not prev.exists():
+        return
+    try:
+        trial = json.loads((run.best / "trial.json").read_text())["trial"]
+    except (OSError, ValueError, KeyError):
+        trial = None
+    if trial is not None and trial in done:
+        shutil.rmtree(prev, ignore_errors=True)
+        return
+    shutil.rmtree(run.best, ignore_errors=True)
+    if any(prev.iterdir()):
+        os.replace(prev, run.best)
+    else:
+        prev.rmdir()
 
 
 def recover_best(run: RunDir) -> None:
-    new, old = run.root / "best.new", run.root / "best.old"
+    new, old = run.root / "best.new", run.root / "best.old"  # best.old/: made by versions before best.prev/
     if not run.best.exists() and (new / "trial.json").exists():
         os.replace(new, run.best)  # killed between the two renames: the new best was complete
     elif not run.best.exists() and old.exists():

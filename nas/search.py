@@ -6,6 +6,7 @@ data, run directory) fails before the first epoch; once trials run, nothing done
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from nas.errors import Interrupted, NasError
-from nas.rundir import RunDir, atomic_write, clear_pending, prepare
+from nas.rundir import RunDir, atomic_write, claim, clear_pending, prepare, settle_best
 from nas.spec.loader import LoadedSpec
 
 
@@ -82,6 +83,7 @@ class Backend(Protocol):
     def counts(self) -> tuple[int, int, int]: ...  # (finished, pruned, failed)
     def rows(self) -> list[dict[str, Any]]: ...  # leaderboard rows, see nas.leaderboard.frame
     def run(self, objective: Any, on_trial_done: Callable[[], Any]) -> str: ...  # why it stopped
+    def reclaim(self) -> list[int]: ...  # settle trials a dead search of this run dir left running; re-queued ones
 
 
 def open_backend(loaded: LoadedSpec, space: Any, run_dir: RunDir, opts: SearchOptions, resuming: bool) -> Backend:
@@ -96,22 +98,43 @@ def open_backend(loaded: LoadedSpec, space: Any, run_dir: RunDir, opts: SearchOp
                               resuming=resuming)
 
 
-class _Sigterm:
-    """SIGTERM behaves like Ctrl-C: the same clean stop, so a scheduler's kill loses nothing."""
+class _Interrupts:
+    """Ctrl-C and SIGTERM stop a search the same clean way, so a scheduler's kill loses nothing.
 
-    def __enter__(self) -> None:
-        self.prev = signal.getsignal(signal.SIGTERM)
+    The first signal raises KeyboardInterrupt; from then on both are ignored, so an impatient second Ctrl-C
+    can neither cut the cleanup short (MLflow runs left RUNNING) nor, arriving after Python resets its
+    handlers at exit, kill the process by SIGINT. After an interrupt they stay ignored: the process is on
+    its way out. Otherwise the previous handlers come back.
+    """
 
-        def handler(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-        signal.signal(signal.SIGTERM, handler)
+    def __enter__(self) -> _Interrupts:
+        self.prev = {s: signal.getsignal(s) for s in self.SIGNALS}
+        self.interrupted = False
+        for s in self.SIGNALS:
+            signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        self.interrupted = True
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGTERM, self.prev)
+        if not self.interrupted:
+            for s, handler in self.prev.items():
+                signal.signal(s, handler)
 
 
 def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchSummary:
+    """Run or resume a search. Holds the run dir's lock throughout; see _Interrupts for Ctrl-C and SIGTERM."""
+    with _Interrupts(), contextlib.ExitStack() as held:
+        return _run(spec_path, opts, console, held)
+
+
+def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: contextlib.ExitStack) -> SearchSummary:
     from nas.spec.loader import load_spec
     from nas.tracking import MlflowTracker, NullTracker, Tracker, default_artifact_root
 
@@ -143,59 +166,67 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
                        f"{spec.search.backend!r}, which keeps its state in {opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
     run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
+    lock = held.enter_context(claim(run_dir))
     meta = run_dir.read_meta()
     backend = open_backend(loaded, space, run_dir, opts, resuming)
 
+    from nas.leaderboard import frame, reasons, table, write
+    from nas.objective import TrialObjective
+    from nas.progress import make_reporter
+    from nas.worker import InlineRunner, ProcessRunner, Runner
+
+    def save_leaderboard() -> Any:
+        """After each trial (and on resume or Ctrl-C): confirm or roll back best/, write the leaderboard."""
+        rows = backend.rows()
+        settle_best(run_dir, {r["trial"] for r in rows if r["state"] in ("finished", "pruned")})
+        df = frame(rows, spec.search.objectives)
+        if not df.empty:
+            write(df, run_dir.leaderboard)
+        return df
+
+    reporter = make_reporter(console)
+    runner: Runner | None = None
     parent = tracker.start_search(
         run_name=spec.name, spec_path=loaded.path, spec_hash=loaded.hash,
-        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None,
+        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
         params={"backend": spec.search.backend, **backend.describe(),
                 "trials": backend.total, "epochs": backend.epochs, "seed": spec.search.seed,
                 "space_dims": len(space.dims), "data": description},
         tags={"nas.run_dir": str(run_dir.root.resolve())},
     )
-    run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, **backend.meta)
-    stale = tracker.close_stale_trials() if resuming else 0
-    if resuming:
-        console.print(f"resuming {run_dir.root}: {backend.done()} of {backend.total} trials already done"
-                      + (f"; {stale} interrupted MLflow run(s) closed" if stale else ""))
+    try:  # from here on an interrupt ends the MLflow parent run as KILLED
+        run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, **backend.meta)
+        if resuming:
+            # A search killed outright (kill -9, power loss) left its trial marked running. Holding the lock proves
+            # that process dead, so the trial is settled now rather than after Optuna's heartbeat grace.
+            requeued = backend.reclaim() if lock.held else []
+            df = save_leaderboard()  # also rolls best/ back if it came from a trial cut off before it was recorded
+            stale = tracker.close_stale_trials(list(df[df["state"] == "interrupted"]["trial"]) if not df.empty else [])
+            console.print(f"resuming {run_dir.root}: {backend.done()} of {backend.total} trials already done"
+                          + (f"; {stale} interrupted MLflow run(s) closed" if stale else "")
+                          + (f"; re-running killed trial(s) {', '.join(map(str, requeued))} with the same params"
+                             if requeued else ""))
 
-    from nas.worker import InlineRunner, ProcessRunner, Runner
-
-    runner: Runner = (InlineRunner(splits, spec.train.deterministic) if opts.inline or not spec.search.isolate_trials
-                      else ProcessRunner(splits, deterministic=spec.train.deterministic,
-                                         max_tasks=spec.search.worker_max_trials,
-                                         log_path=str(run_dir.root / "worker.log")))
-
-    from nas.leaderboard import frame, reasons, table, write
-    from nas.objective import TrialObjective
-    from nas.progress import make_reporter
-
-    primary = spec.search.objectives[0]
-    best_value = current_best_value(run_dir, primary.metric)
-    reporter = make_reporter(console)
-    objective = TrialObjective(space=space, data=info, runner=runner, tracker=tracker, reporter=reporter,
-                               run=run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
-                               best_value=best_value, max_params=spec.space.max_params)
-
-    def save_leaderboard() -> Any:
-        df = frame(backend.rows(), spec.search.objectives)
-        if not df.empty:
-            write(df, run_dir.leaderboard)
-        return df
-
-    _, pruned, failed = backend.counts()
-    reporter.search_started(
-        total=backend.total, done=backend.done(), pruned=pruned, failed=failed,
-        best=best_value if primary.metric == "val_accuracy" else None, epochs=backend.epochs,
-    )
-    started = time.monotonic()
-    try:
-        with _Sigterm():
-            stop_reason = backend.run(objective, on_trial_done=save_leaderboard)
+        runner = (InlineRunner(splits, spec.train.deterministic) if opts.inline or not spec.search.isolate_trials
+                  else ProcessRunner(splits, deterministic=spec.train.deterministic,
+                                     max_tasks=spec.search.worker_max_trials,
+                                     log_path=str(run_dir.root / "worker.log")))
+        primary = spec.search.objectives[0]
+        best_value = current_best_value(run_dir, primary.metric)
+        objective = TrialObjective(space=space, data=info, runner=runner, tracker=tracker, reporter=reporter,
+                                   run=run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
+                                   best_value=best_value, max_params=spec.space.max_params)
+        _, pruned, failed = backend.counts()
+        reporter.search_started(
+            total=backend.total, done=backend.done(), pruned=pruned, failed=failed,
+            best=best_value if primary.metric == "val_accuracy" else None, epochs=backend.epochs,
+        )
+        started = time.monotonic()
+        stop_reason = backend.run(objective, on_trial_done=save_leaderboard)
     except KeyboardInterrupt:
         reporter.close()
-        runner.close()
+        if runner is not None:
+            runner.close()
         save_leaderboard()
         clear_pending(run_dir)
         tracker.end_search("KILLED")
@@ -205,9 +236,11 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
         ) from None
     except BaseException:
         reporter.close()
-        runner.close()
+        if runner is not None:
+            runner.close()
         tracker.end_search("FAILED")
         raise
+    assert runner is not None
     reporter.close()
     clear_pending(run_dir)
     df = save_leaderboard()

@@ -13,7 +13,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -133,7 +133,7 @@ class Tracker(Protocol):
     """The seam the search loop talks to."""
 
     def start_search(self, *, run_name: str, spec_path: Path, spec_hash: str, resume_run_id: str | None,
-                     params: dict[str, Any], tags: dict[str, str]) -> str: ...
+                     params: dict[str, Any], tags: dict[str, str], run_uid: str | None = None) -> str: ...
     def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, str]) -> str: ...
     def log_epoch(self, run_id: str, step: int, metrics: dict[str, float]) -> None: ...
     def end_trial(self, run_id: str, *, state: str, reason: str | None, metrics: dict[str, float],
@@ -141,7 +141,7 @@ class Tracker(Protocol):
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None: ...
     def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
     def end_search(self, status: str) -> None: ...
-    def close_stale_trials(self) -> int: ...
+    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int: ...
     def run_url(self, run_id: str) -> str | None: ...
 
 
@@ -149,7 +149,7 @@ class NullTracker:
     """Tracking disabled: every call does nothing."""
 
     def start_search(self, *, run_name: str, spec_path: Path, spec_hash: str, resume_run_id: str | None,
-                     params: dict[str, Any], tags: dict[str, str]) -> str:
+                     params: dict[str, Any], tags: dict[str, str], run_uid: str | None = None) -> str:
         return ""
 
     def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -171,7 +171,7 @@ class NullTracker:
     def end_search(self, status: str) -> None:
         pass
 
-    def close_stale_trials(self) -> int:
+    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int:
         return 0
 
     def run_url(self, run_id: str) -> str | None:
@@ -268,10 +268,16 @@ class MlflowTracker:
         return self._parent
 
     def start_search(self, *, run_name: str, spec_path: Path, spec_hash: str, resume_run_id: str | None,
-                     params: dict[str, Any], tags: dict[str, str]) -> str:
+                     params: dict[str, Any], tags: dict[str, str], run_uid: str | None = None) -> str:
+        """`run_uid` names the run dir: a search killed after creating its parent run but before the run dir
+        remembered the run's id finds that parent again by it, instead of leaving it RUNNING beside a second one."""
         with self._guard(f"start the search run {run_name!r}"):
+            if not resume_run_id and run_uid:
+                resume_run_id = self._parent_of(run_uid)
             run = self._reopen(resume_run_id) if resume_run_id else None
             all_tags = {**tags, "nas.kind": "search", "nas.spec_hash": spec_hash}
+            if run_uid:
+                all_tags["nas.run_uid"] = run_uid  # set at creation, so a parent never exists without it
             if run is None:
                 if resume_run_id:
                     all_tags["nas.previous_parent_run_id"] = resume_run_id
@@ -290,6 +296,12 @@ class MlflowTracker:
                 self._client.log_artifact(self._parent, str(Path(tmp) / "spec_hash.txt"))
             self._client.log_artifact(self._parent, str(spec_path), artifact_path="spec")
             return self._parent
+
+    def _parent_of(self, run_uid: str) -> str | None:
+        query = f"tags.`nas.run_uid` = '{run_uid}' and tags.`nas.kind` = 'search'"
+        found = self._client.search_runs([self.experiment_id], query, max_results=1,
+                                         order_by=["attributes.start_time DESC"])
+        return found[0].info.run_id if found else None
 
     def _reopen(self, run_id: str) -> Any:
         """The old parent back in RUNNING, or None when it is gone, deleted or in another experiment."""
@@ -360,19 +372,30 @@ class MlflowTracker:
         with self._guard("end the search run"):
             self._client.set_terminated(self.parent_run_id, status=status)
 
-    def close_stale_trials(self) -> int:
-        """Children of the parent still RUNNING (their process was killed) become KILLED/interrupted."""
+    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int:
+        """Trial runs a dead search left behind become KILLED with nas.state `interrupted`: those still RUNNING,
+        and those of the `interrupted` trial numbers (the backend's word). A kill between a trial's MLflow end and
+        the backend recording it leaves a run that says finished for a trial the backend re-runs; it must not
+        count twice."""
         parent = self.parent_run_id
-        query = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
         closed = 0
         with self._guard("close stale trial runs"):
-            while stale := self._client.search_runs([self.experiment_id], query, max_results=500):
+            running = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
+            while stale := self._client.search_runs([self.experiment_id], running, max_results=500):
                 for run in stale:
-                    self._batch(run.info.run_id, tags={"nas.state": "interrupted",
-                                                       "nas.reason": "the search process ended while it ran"})
-                    self._client.set_terminated(run.info.run_id, status="KILLED")
+                    self._close_interrupted(run.info.run_id)
                 closed += len(stale)
+            for number in interrupted:
+                query = f"tags.`mlflow.parentRunId` = '{parent}' and tags.`nas.trial` = '{int(number)}'"
+                for run in self._client.search_runs([self.experiment_id], query, max_results=500):
+                    if run.info.status != "KILLED" or run.data.tags.get("nas.state") != "interrupted":
+                        self._close_interrupted(run.info.run_id)
+                        closed += 1
         return closed
+
+    def _close_interrupted(self, run_id: str) -> None:
+        self._batch(run_id, tags={"nas.state": "interrupted", "nas.reason": "the search process ended while it ran"})
+        self._client.set_terminated(run_id, status="KILLED")
 
     def run_url(self, run_id: str) -> str | None:
         """A browser URL for a run on an HTTP tracking server; None for local stores."""

@@ -8,10 +8,12 @@ GPU placement is a seam here: `env` reaches the child before TensorFlow is impor
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing as mp
 import os
 import signal
+import sys
 import warnings
 from typing import Any, Protocol
 
@@ -66,7 +68,23 @@ class InlineRunner:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the search process dies, even by kill -9. An orphan
+    would train on unseen until its next message failed, holding memory (on a GPU, the memory the resumed
+    search's new worker needs). The parent's main thread starts workers; PDEATHSIG follows that thread."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took hold
+        os._exit(1)
+
+
 def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | None) -> None:
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     if log_path:
         # TF's C++ runtime writes straight to fd 1/2; keep it out of the progress display but on disk.

@@ -193,9 +193,11 @@ class KerasTunerBackend:
                                "rerun with --new, or give the spec another `name:`")
         else:
             atomic_write(marker, json.dumps({"spec_hash": self.spec_hash, "algorithm": self.algorithm}, indent=2))
-        for trial_id in tuner.oracle.trials:
+        for trial_id, trial in tuner.oracle.trials.items():
             record = self._record_path(trial_id)
-            if record.exists():
+            # still RUNNING: a kill cut it off, perhaps after its record but before KerasTuner saved its end;
+            # it is re-run, so until then it is interrupted, whatever its record says
+            if record.exists() and trial.status != "RUNNING":
                 with contextlib.suppress(OSError, ValueError):
                     self._records[trial_id] = json.loads(record.read_text())
         return tuner
@@ -281,6 +283,9 @@ class KerasTunerBackend:
             rows.append({"trial": int(tid), "state": state, "reason": reason, **record.get("metrics", {}),
                          **{f"param.{k}": v for k, v in params.items()}})
         return rows
+
+    def reclaim(self) -> list[int]:
+        return []  # KerasTuner re-queues the trials a dead search left running when it reloads the project
 
     def run(self, objective: TrialObjective, on_trial_done: Callable[[], Any]) -> str:
         """Run trials until the budget, the end of the Hyperband iteration, the timeout or the failure limit."""

@@ -2,13 +2,15 @@
 
 Storage is an RDBStorage with a heartbeat, so a trial whose process was SIGKILLed is turned into FAIL once
 its heartbeat is older than the grace period and re-run with the same params
-(RetryHeartbeatStaleTrialCallback) instead of staying RUNNING forever.
+(RetryHeartbeatStaleTrialCallback) instead of staying RUNNING forever. A resume in the same run dir does not
+wait for that: its lock proves the earlier process dead, so `reclaim` settles that process's trials at once.
 The trial budget counts COMPLETE + PRUNED trials over the whole study, so reruns and (later) several
 workers on one study all stop at `search.trials`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -27,6 +29,19 @@ from nas.spec.model import SearchSpec, Spec
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S, GRACE_S = 5, 20
+OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
+STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    _RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
+def retry_dead_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue a trial whose process died again, with the same params (at most 3 times). Its user attrs stay
+    behind: the retry must not inherit an outcome it has not earned, nor a dead owner."""
+    again = copy.deepcopy(trial)
+    again.user_attrs = {}
+    _RETRY(study, again)
 
 
 class TrialFailed(Exception):
@@ -69,7 +84,7 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            heartbeat_stale_trial_callback=retry_dead_trial,
             engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else None,
         )
     if url.startswith("journal:"):
@@ -119,8 +134,9 @@ def count(study: optuna.Study, *states: TrialState) -> int:
 
 
 def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: TrialObjective,
-               on_trial_done: Callable[[], None]) -> str:
-    """Run trials until the budget, the timeout or the failure limit. Returns why it stopped."""
+               on_trial_done: Callable[[], None], owner: str | None = None) -> str:
+    """Run trials until the budget, the timeout or the failure limit. Returns why it stopped.
+    `owner` (the run dir's uid) is stamped on each trial, so a later resume knows which trials were its own."""
     s = spec.search
     objectives = s.objectives
     single = len(objectives) == 1
@@ -129,6 +145,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
     def fn(trial: optuna.Trial) -> Any:
         nonlocal errors
+        if owner:
+            trial.set_user_attr(OWNER, owner)
         params = suggest(trial, space)
 
         def should_prune(epoch: int, metrics: dict[str, float]) -> bool:
@@ -144,9 +162,9 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
             if key in result.metrics and math.isfinite(result.metrics[key]):
                 trial.set_user_attr(key, result.metrics[key])
-        trial.set_user_attr("nas.state", result.state)
         if result.reason:
             trial.set_user_attr("reason", result.reason)
+        trial.set_user_attr(STATE, result.state)  # last: with it, `reclaim` can finish the trial from its attrs
         # A divergence is a verdict on the params, like pruning: told as PRUNED (the leaderboard still says
         # failed), it counts toward search.trials, so a search where every trial diverges ends, and TPE learns
         # from it (TPE ignores FAIL). An error is not: a new trial replaces it, up to max_failed_trials.
@@ -178,18 +196,58 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     return stop_reason
 
 
+def trial_state(t: optuna.trial.FrozenTrial) -> str:
+    """finished | pruned | failed | interrupted | running | waiting"""
+    recorded = t.user_attrs.get(STATE)
+    if t.state == TrialState.FAIL:
+        # failed means the objective said so; otherwise Ctrl-C or a dead process cut it off (even one that
+        # recorded "finished" but died before Optuna heard: that trial is re-run, so it must not count)
+        return "failed" if recorded == "failed" else "interrupted"
+    if t.state in DONE_STATES:
+        return recorded or {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned"}[t.state]
+    return t.state.name.lower()
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Leaderboard rows (see nas.leaderboard.frame) from the study's trials."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        state = t.user_attrs.get("nas.state") or {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed",
-                                                  "RUNNING": "running", "WAITING": "waiting"}.get(t.state.name, t.state.name.lower())
-        if t.state.name == "FAIL" and "nas.state" not in t.user_attrs:
-            state = "interrupted"  # killed or Ctrl-C: Optuna failed it, our objective never returned
-        rows.append({"trial": t.number, "state": state, "reason": t.user_attrs.get("reason", ""),
-                     **{k: v for k, v in t.user_attrs.items() if k not in ("nas.state", "reason")},
+        rows.append({"trial": t.number, "state": trial_state(t), "reason": t.user_attrs.get("reason", ""),
+                     **{k: v for k, v in t.user_attrs.items() if k not in (STATE, OWNER, "reason")},
                      **{f"param.{k}": v for k, v in t.params.items()}})
     return rows
+
+
+def reclaim(study: optuna.Study, spec: Spec, owner: str | None, local: bool) -> list[int]:
+    """Settle the RUNNING trials of this run dir's dead searches; return the numbers of those re-queued.
+
+    Call only while holding the run dir's lock (rundir.claim): no live process of this run dir exists, so its
+    RUNNING trials are dead, not slow. Ours are those stamped with `owner`, and, in the run dir's own
+    study.db, also unstamped ones (killed before the stamp, or made before stamps existed). Another run dir's
+    trials in a shared storage may be alive: they are left to the heartbeat.
+    A trial whose outcome was fully recorded (STATE set) died between that and Optuna's tell; it is told now,
+    so the training it did is kept. Any other is failed and re-queued with the same params.
+    """
+    objectives = spec.search.objectives
+    requeued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        stamp = t.user_attrs.get(OWNER)
+        if not (stamp == owner if stamp else local):
+            continue
+        recorded = t.user_attrs.get(STATE)
+        values = [t.user_attrs.get(o.metric) for o in objectives]
+        try:
+            if recorded == "finished" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                study.tell(t.number, values if len(values) > 1 else values[0])
+            elif recorded in ("pruned", "failed"):
+                study.tell(t.number, state=TrialState.PRUNED if recorded == "pruned" else TrialState.FAIL)
+            else:
+                study.tell(t.number, state=TrialState.FAIL)
+                retry_dead_trial(study, t)
+                requeued.append(t.number)
+        except ValueError:  # settled meanwhile by another process's heartbeat check ("Cannot tell a FAIL trial")
+            continue
+    return requeued
 
 
 class OptunaBackend:
@@ -199,6 +257,8 @@ class OptunaBackend:
         self.spec, self.space, self.study = spec, space, study
         self.meta = meta  # remembered in run.json, so a resume finds the same storage and study
         self.total, self.epochs = spec.search.trials, spec.train.epochs
+        self.owner: str | None = None  # the run dir's uid, stamped on each trial
+        self.local = False  # the storage is the run dir's own study.db
 
     @classmethod
     def open(cls, spec: Spec, space: SearchSpace, run: RunDir, spec_hash: str, *, storage: str | None,
@@ -218,7 +278,9 @@ class OptunaBackend:
             raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
                            "--new (a separate study) or give the spec another `name:`")
         study.set_user_attr("nas.spec_hash", spec_hash)
-        return cls(spec, space, study, {"storage": storage_url, "study_name": study_name})
+        backend = cls(spec, space, study, {"storage": storage_url, "study_name": study_name})
+        backend.owner, backend.local = meta.get("uid"), storage_url == local_storage
+        return backend
 
     def describe(self) -> dict[str, Any]:
         return {"sampler": self.spec.search.sampler, "pruner": self.spec.search.pruner}
@@ -227,12 +289,19 @@ class OptunaBackend:
         return count(self.study, *DONE_STATES)
 
     def counts(self) -> tuple[int, int, int]:
-        """(finished, pruned, failed)"""
-        return (count(self.study, TrialState.COMPLETE), count(self.study, TrialState.PRUNED),
-                count(self.study, TrialState.FAIL))
+        """(finished, pruned, failed); interrupted trials are none of these"""
+        states = [trial_state(t) for t in self.study.get_trials(deepcopy=False)]
+        return states.count("finished"), states.count("pruned"), states.count("failed")
 
     def rows(self) -> list[dict[str, Any]]:
         return trial_rows(self.study)
 
+    def reclaim(self) -> list[int]:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # no "Trial N failed" warnings for what we explain
+        try:
+            return reclaim(self.study, self.spec, self.owner, self.local)
+        finally:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+
     def run(self, objective: TrialObjective, on_trial_done: Callable[[], None]) -> str:
-        return run_search(self.study, self.spec, self.space, objective, on_trial_done)
+        return run_search(self.study, self.spec, self.space, objective, on_trial_done, owner=self.owner)
