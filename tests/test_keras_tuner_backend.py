@@ -142,9 +142,9 @@ def test_errors_count_toward_the_limit_and_divergence_does_not(tmp_path: Path) -
     (tmp_path / "d").mkdir()
     diverged = TrialResult("failed", "diverged at epoch 1 (loss nan)")
     flaky = Scripted(result=lambda n: diverged if n < 3 else TrialResult("finished", None, {"val_accuracy": 0.5}))
-    b = backend(tmp_path / "d", "  algorithm: random\n  trials: 3\n  max_failed_trials: 2\n")
+    b = backend(tmp_path / "d", "  algorithm: random\n  trials: 4\n  max_failed_trials: 2\n")
     assert b.run(flaky, lambda: None) == "budget"  # type: ignore[arg-type]
-    assert b.counts() == (3, 0, 3)
+    assert b.counts() == (1, 0, 3)  # a verdict on its params, like pruning: it counts toward the budget
 
 
 def test_unexpected_errors_stop_the_search_and_the_trial_is_rerun(tmp_path: Path) -> None:
