@@ -271,6 +271,49 @@ def test_an_error_in_the_worker_fails_one_trial_and_a_fresh_worker_runs_the_next
         runner.close()
 
 
+def test_an_error_of_our_own_ends_the_search_and_the_trial_run_says_why(tmp_path: Path) -> None:
+    """Not a trial's failure (the tracking store, the run dir): it propagates, and the trial's MLflow run ends
+    failed with the reason, not as "interrupted by the user", which only Ctrl-C gets."""
+    from nas.objective import TrialObjective
+    from nas.progress import PlainReporter
+    from nas.rundir import RunDir
+    from nas.space import DataInfo, SearchSpace
+    from nas.spec import parse_spec
+
+    class Tracker:
+        def __init__(self) -> None:
+            self.ended: list[tuple[str, str | None, dict[str, str]]] = []
+
+        def start_trial(self, number: int, params: dict[str, Any], tags: dict[str, str]) -> str:
+            return f"run-{number}"
+
+        def end_trial(self, run_id: str, *, state: str, reason: str | None, metrics: dict[str, float],
+                      tags: dict[str, str]) -> None:
+            self.ended.append((state, reason, tags))
+
+    class Runner:
+        device = "CPU"
+
+        def __init__(self, exc: BaseException) -> None:
+            self.exc = exc
+
+        def run(self, task: Any, on_epoch: Any) -> Any:
+            raise self.exc
+
+    spec = parse_spec(write_spec(tmp_path, "own").read_text())
+    for exc, state, reason in [(OSError(28, "No space left on device"), "failed",
+                                "OSError: [Errno 28] No space left on device"),
+                               (KeyboardInterrupt(), "interrupted", "interrupted by the user")]:
+        tracker = Tracker()
+        objective = TrialObjective(space=SearchSpace(spec), data=DataInfo((8, 8, 1), 10, 16.0), runner=Runner(exc),
+                                   tracker=tracker, reporter=PlainReporter(io.StringIO()), run=RunDir(tmp_path),
+                                   objectives=spec.search.objectives, seed=0)  # type: ignore[arg-type]
+        with pytest.raises(type(exc)):
+            objective(0, {}, epochs=1)
+        assert [(s, r) for s, r, _ in tracker.ended] == [(state, reason)]
+        assert ("nas.traceback" in tracker.ended[0][2]) == (state == "failed")
+
+
 def test_failure_reasons_are_one_line_and_tracebacks_fit_an_mlflow_tag() -> None:
     import tensorflow as tf
 
