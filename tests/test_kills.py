@@ -405,3 +405,36 @@ def test_mlflow_finds_its_parent_by_run_uid_and_closes_runs_of_interrupted_trial
     assert c.get_run(finished).info.status == "KILLED" and c.get_run(finished).data.tags["nas.state"] == "interrupted"
     assert c.get_run(kept).info.status == "FINISHED"
     assert again.close_stale_trials([0]) == 0
+
+
+def test_keras_tuner_state_is_never_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KerasTuner truncates its state files and rewrites them in place; a kill in between left an empty
+    oracle.json or trial.json, and every rerun refused the project. A save cut short now leaves the old file."""
+    from nas.backends.keras_tuner_backend import KerasTunerBackend
+    from nas.objective import TrialResult
+    from nas.rundir import RunDir
+    from nas.space import SearchSpace
+    from nas.spec import parse_spec
+
+    spec = parse_spec(SMALL.replace("search: {trials: 5, seed: 0, pruner: none}",
+                                    "search: {backend: keras-tuner, algorithm: random, trials: 3, seed: 0}"))
+    run = RunDir(tmp_path / "t")
+    run.root.mkdir()
+
+    def open_backend() -> KerasTunerBackend:
+        return KerasTunerBackend.open(spec, SearchSpace(spec), run, "h")
+
+    first = open_backend()
+    first.run(lambda number, params, **kw: TrialResult("finished", None, {"val_accuracy": 0.5}),  # type: ignore[arg-type]
+              lambda: None)
+    assert first.done() == 3
+
+    def killed(src: Any, dst: Any) -> None:  # the process dies after writing the temp file, before the rename
+        raise SystemExit(-9)
+
+    monkeypatch.setattr(os, "replace", killed)
+    for save in (first.tuner.save, lambda: first.tuner.oracle._save_trial(next(iter(first.tuner.oracle.trials.values())))):
+        with pytest.raises(SystemExit):
+            save()
+    monkeypatch.undo()
+    assert open_backend().done() == 3  # reloads: every state file is whole

@@ -17,6 +17,8 @@ What keras-tuner 1.4.8 does, read in its source, and what we do about it:
   with the spec hash and a comparison of the reloaded space refuse a foreign or changed project.
 - The trial left running by Ctrl-C stays "ongoing" in oracle.json; the next start re-queues it with the
   same values and trial id, so a resume re-runs it and loses nothing else.
+- KerasTuner writes oracle.json, tuner0.json and trial_<id>/trial.json in place (truncate, then write): a kill
+  in between leaves an empty file that no rerun can reload. Ours are written to a temp file and renamed.
 - Hyperband puts its budget into the trial's values (`tuner/epochs`, `tuner/initial_epoch`, `tuner/bracket`,
   `tuner/round`, and `tuner/trial_id` for a promoted config); they are split off before the objective sees
   the params. The objective has no warm start from another trial's weights, so a promoted config trains
@@ -104,12 +106,40 @@ class _Unexpected(kt.errors.FatalError):
     search with its own message, not be recorded by KerasTuner as one more failed trial."""
 
 
+class _AtomicSaves:
+    """Oracle mixin: oracle.json and each trial.json replaced whole, never half-written (see the module notes).
+    Same content as KerasTuner's own saves (json.dumps of get_state()), which reload reads back."""
+
+    def save(self) -> None:
+        atomic_write(Path(self._get_oracle_fname()), json.dumps(self.get_state()))  # type: ignore[attr-defined]
+
+    def _save_trial(self, trial: Any) -> None:
+        path = Path(self._get_trial_dir(trial.trial_id)) / "trial.json"  # type: ignore[attr-defined]
+        atomic_write(path, json.dumps(trial.get_state()))
+
+
+class _HyperbandOracle(_AtomicSaves, kt.oracles.HyperbandOracle):
+    pass
+
+
+class _BayesianOracle(_AtomicSaves, kt.oracles.BayesianOptimizationOracle):
+    pass
+
+
+class _RandomOracle(_AtomicSaves, kt.oracles.RandomSearchOracle):
+    pass
+
+
 class _NasTuner(kt.Tuner):
     """A Tuner whose `run_trial` is the nas objective and whose `on_trial_end` may end the search."""
 
     def __init__(self, *, run_one: Callable[[Any], dict[str, float]], after: Callable[[], str | None], **kwargs: Any):
         self._run_one, self._after = run_one, after
         super().__init__(**kwargs)
+
+    def save(self) -> None:
+        self.oracle.save()  # one tuner, no distributed workers: the oracle is always ours to save
+        atomic_write(Path(self._get_tuner_fname()), json.dumps(self.get_state()))
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         return self._run_one(trial)
@@ -172,13 +202,12 @@ class KerasTunerBackend:
                       max_retries_per_trial=0, max_consecutive_failed_trials=2**31)  # we bound errors ourselves
         oracle: kt.Oracle
         if self.algorithm == "hyperband":
-            oracle = kt.oracles.HyperbandOracle(max_epochs=self.epochs, factor=self.hyperband.factor,
-                                                hyperband_iterations=1, **common)
+            oracle = _HyperbandOracle(max_epochs=self.epochs, factor=self.hyperband.factor,
+                                      hyperband_iterations=1, **common)
         elif self.algorithm == "bayesian":
-            oracle = kt.oracles.BayesianOptimizationOracle(max_trials=None, num_initial_points=max(1, s.startup_trials),
-                                                           **common)
+            oracle = _BayesianOracle(max_trials=None, num_initial_points=max(1, s.startup_trials), **common)
         else:
-            oracle = kt.oracles.RandomSearchOracle(max_trials=None, **common)
+            oracle = _RandomOracle(max_trials=None, **common)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # "Reloading Tuner from ...": we say it ourselves
                 tuner = _NasTuner(run_one=self._run_one, after=self._after, oracle=oracle,
