@@ -162,7 +162,7 @@ class SearchSpec(Section):
         None, exclude_if=lambda v: v is None, description="keras-tuner hyperband: {max_epochs, factor}")
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
-    trials: int = Field(20, ge=1, description="trials to finish (completed + pruned); a rerun resumes up to this. "
+    trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors gets a replacement); a rerun resumes up to this. "
                         "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and factor)")
     timeout: Duration = Field(None, description="stop starting new trials after this long, e.g. 30m, 2h")
     seed: int = Field(0, ge=0)
