@@ -195,6 +195,41 @@ def _finite(metrics: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
     return {k: v for k, v in good.items() if math.isfinite(v)}, [k for k, v in good.items() if not math.isfinite(v)]
 
 
+def _create_sqlite_store(path: Path) -> None:
+    """Create and migrate a new SQLite store under a temporary name, then link it into place.
+
+    MLflow migrates a fresh store in place for seconds; a kill or Ctrl-C then left a half-migrated mlflow.db
+    that every later search failed on. Now such a kill leaves only the temporary file. `os.link` never
+    replaces: when another search created the store meanwhile, its store stays and ours is dropped.
+    """
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    prefix = f".{path.name}.new-"
+    for old in path.parent.glob(f"{prefix}*"):  # left by a killed creation (with its -journal), if that is gone
+        pid = old.name[len(prefix):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            old.unlink(missing_ok=True)
+        except (ValueError, OSError):
+            pass
+    tmp = path.with_name(f"{prefix}{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp.resolve().as_posix()}", DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class MlflowTracker:
     """Tracker over an MLflow store; a search's trials are nested under one parent run."""
 
@@ -210,6 +245,9 @@ class MlflowTracker:
         self._parent: str | None = None
         self._skipped: dict[str, set[str]] = {}
         with self._guard("open the store"):
+            db = _sqlite_path(tracking_uri) if tracking_uri.startswith("sqlite:") else None
+            if db is not None and not db.exists():
+                _create_sqlite_store(db)
             from mlflow.tracking import MlflowClient
 
             self._client: MlflowClient = MlflowClient(tracking_uri=tracking_uri)

@@ -438,3 +438,23 @@ def test_keras_tuner_state_is_never_half_written(tmp_path: Path, monkeypatch: py
             save()
     monkeypatch.undo()
     assert open_backend().done() == 3  # reloads: every state file is whole
+
+
+def test_a_kill_while_mlflow_creates_its_store_leaves_no_broken_store(tmp_path: Path) -> None:
+    """The first search in a runs dir creates mlflow.db, migrating it for seconds. A kill then used to leave a
+    half-migrated store that every later search failed on ("internal error"), for good."""
+    import nas.tracking as T
+
+    runs = tmp_path / "runs"
+    code = "import sys; from pathlib import Path; import nas.tracking as T; T.MlflowTracker(sys.argv[1], 'x')"
+    proc = subprocess.Popen([sys.executable, "-c", code, T.default_tracking_uri(runs)])
+    deadline = time.monotonic() + 120
+    while not list(runs.glob(".mlflow.db.new-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()  # mid-migration: the store is created under a temporary name
+    proc.wait(10)
+    assert not (runs / "mlflow.db").exists()
+    tracker = T.MlflowTracker(T.default_tracking_uri(runs), "x")
+    assert tracker.experiment_id and (runs / "mlflow.db").is_file()
+    assert not list(runs.glob(".mlflow.db.new-*"))  # the dead creation's leftovers are gone
+
