@@ -131,7 +131,11 @@ class _Interrupts:
 def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchSummary:
     """Run or resume a search. Holds the run dir's lock throughout; see _Interrupts for Ctrl-C and SIGTERM."""
     with _Interrupts(), contextlib.ExitStack() as held:
-        return _run(spec_path, opts, console, held)
+        try:
+            return _run(spec_path, opts, console, held)
+        except KeyboardInterrupt:  # while starting or measuring the best model; mid-search, _run says more
+            # as Interrupted, not bare: the CLI would turn a bare KeyboardInterrupt into exit 0
+            raise Interrupted(f"interrupted; nothing finished is lost. Resume with: nas search {spec_path}") from None
 
 
 def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: contextlib.ExitStack) -> SearchSummary:

@@ -458,3 +458,15 @@ def test_a_kill_while_mlflow_creates_its_store_leaves_no_broken_store(tmp_path: 
     assert tracker.experiment_id and (runs / "mlflow.db").is_file()
     assert not list(runs.glob(".mlflow.db.new-*"))  # the dead creation's leftovers are gone
 
+
+@pytest.mark.slow
+def test_sigterm_while_starting_exits_130_not_0(tiny_spec, tmp_path: Path) -> None:
+    """A stop before the first trial (here: while MLflow creates its store) is an interrupt too: exit 130 and
+    a resume hint, where the CLI used to exit 0 in silence; the store is not left half-made."""
+    spec, runs = tiny_spec(trials=1, epochs=1), tmp_path / "runs"
+    search = Search(spec, runs, "start")
+    wait_for(search, "the MLflow store's creation", lambda: list(runs.glob(".mlflow.db.new-*")), timeout=120)
+    search.signal(signal.SIGTERM)
+    assert search.wait(60) == 130, search.stderr()
+    assert "Resume with: nas search" in search.stderr() and "Traceback" not in search.stderr()
+    assert not (runs / "mlflow.db").exists()
