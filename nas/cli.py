@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False, prog_name="nas")
+        code = app(args=args, standalone_mode=False, prog_name="nas")
+        if code == 130:  # Typer turns a Ctrl-C inside a command into this return value instead of raising
+            err_console.print("interrupted")
+            sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -128,3 +128,17 @@ def test_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)
+
+
+def test_ctrl_c_in_any_command_exits_130(monkeypatch, capsys) -> None:
+    """Typer reports a KeyboardInterrupt inside a command as a return value; it must not become exit 0."""
+    from nas import cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nas.validate.report", interrupted)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["validate", str(REPO / "search_spaces" / "digits.yaml")])
+    assert info.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
