@@ -3,6 +3,14 @@
 `plan()` walks the layers arithmetically: output shapes, parameter count and FLOPs without TensorFlow, so
 impossible or oversized models are rejected before a trial starts (and `nas validate` stays fast). The
 Keras builder must agree with it exactly; a test checks that across the space.
+
+Shapes follow Keras: every convolution uses `padding="same"`, so a stride larger than the feature map
+still builds (the output is 1x1), and only a 2x2 pooling on a map smaller than 2x2 collapses it (Keras
+would produce a 0-sized map).
+
+FLOPs are counted as 2 x the multiply-accumulates of the Conv2D and Dense kernels for one image, forward
+pass (one multiply and one add each). Biases, batch normalization, activations, pooling and the global
+average are not counted: they are a few percent at most in these networks.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ class ArchConfig:
 @dataclass(frozen=True)
 class Plan:
     params: int
-    flops: int  # multiply-adds x 2, forward pass, one image
+    flops: int  # 2 x multiply-accumulates of Conv2D and Dense kernels, forward pass, one image
     feature_shape: tuple[int, int, int]  # before the head
 
 
@@ -72,18 +80,14 @@ def _conv_out(size: int, stride: int) -> int:
 def plan(arch: ArchConfig) -> Plan:
     """Check the shapes block by block and count parameters and FLOPs.
 
-    Raises InvalidArchitecture with the first block whose feature map collapses.
+    Raises InvalidArchitecture with the first block whose feature map collapses (a 2x2 pooling on a map
+    smaller than 2x2). A stride larger than the map is not a collapse: with "same" padding Keras builds it.
     """
     h, w, c = arch.input_shape
     params = flops = 0
     for i, b in enumerate(arch.blocks, start=1):
         for j in range(b.convs):
             stride = b.strides if j == 0 else 1
-            if stride > 1 and (h < stride or w < stride):
-                raise InvalidArchitecture(
-                    f"block {i}: {h}x{w} input cannot take stride {stride} "
-                    f"(the feature map would collapse); use fewer blocks or stride 1 here"
-                )
             h, w = _conv_out(h, stride), _conv_out(w, stride)
             k = b.kernel_size
             params += k * k * c * b.filters + (0 if arch.batch_norm else b.filters)
@@ -98,7 +102,6 @@ def plan(arch: ArchConfig) -> Plan:
                     f"(the feature map would collapse); use pooling none here or fewer blocks"
                 )
             h, w = h // 2, w // 2
-            flops += h * w * c * 4
     features = c if arch.head_type == "gap" else h * w * c
     width_in = features
     for _ in range(arch.head_depth):
