@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import inspect
 import re
 import socket
 import subprocess
@@ -207,15 +208,20 @@ def test_store_failures_become_tracking_errors(store: tuple[str, Path], tracker:
         T.MlflowTracker(store[0], name, store[1])
 
 
-def test_null_tracker_does_nothing(spec: Path) -> None:
-    null: T.Tracker = T.NullTracker()
-    assert null.start_search(run_name="x", spec_path=spec, spec_hash="h", resume_run_id=None, params={},
-                             tags={}) == ""
-    assert null.start_trial(0, {}, {}) == ""
-    null.log_epoch("", 0, {"loss": 1.0})
-    null.end_trial("", state="finished", reason=None, metrics={}, tags={})
-    null.end_search("FINISHED")
-    assert null.close_stale_trials() == 0
+def _shape(sig: inspect.Signature) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+
+def test_null_tracker_answers_everything_a_search_can_call() -> None:
+    """`tracking.enabled: false` swaps in NullTracker: a method missing there (or taking other arguments)
+    breaks only those searches, so every method of the real tracker must exist on it, called the same way."""
+    public = {n for n, v in vars(T.MlflowTracker).items() if not n.startswith("_") and inspect.isfunction(v)}
+    protocol = {n for n, v in vars(T.Tracker).items() if not n.startswith("_") and inspect.isfunction(v)}
+    assert public == protocol, "MlflowTracker and the Tracker protocol list different methods"
+    for name in sorted(protocol):
+        want = _shape(inspect.signature(getattr(T.Tracker, name)))
+        assert _shape(inspect.signature(getattr(T.MlflowTracker, name))) == want, name
+        assert _shape(inspect.signature(getattr(T.NullTracker, name))) == want, name
 
 
 def test_first_store_creation_is_quiet(tmp_path: Path) -> None:

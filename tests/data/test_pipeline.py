@@ -89,11 +89,24 @@ def test_same_seeds_give_identical_batches(train: Split) -> None:
     for _ in range(2):
         keras.utils.set_random_seed(5)
         runs.append(batches(train, ALL, seed=5, epochs=2))
-    n = len(runs[0]) // 2
     assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))  # two runs, both epochs, bit-identical
-    assert not np.array_equal(runs[0][0], runs[0][n])  # but epoch 2 differs from epoch 1
     keras.utils.set_random_seed(5)
     assert not np.array_equal(batches(train, ALL, seed=6, epochs=1)[0], runs[0][0])  # and the seed matters
+
+
+@pytest.mark.usefixtures("deterministic_ops")
+def test_each_epoch_gets_fresh_augmentation_not_only_a_new_order(train: Split) -> None:
+    """Every training image is the same picture, so the shuffled order cannot change what a batch holds:
+    any difference between epochs is the augmentation, drawn anew."""
+    one = Split(x=np.repeat(train.x[:1], 128, axis=0), y=np.arange(128) % 10)
+    keras.utils.set_random_seed(5)
+    plain = batches(one, Augmentation(), seed=5, epochs=2)
+    assert np.array_equal(plain[0], plain[2]) and np.array_equal(plain[1], plain[3])  # the control: no change
+    keras.utils.set_random_seed(5)
+    first, second = np.split(np.concatenate(batches(one, ALL, seed=5, epochs=2)), 2)
+    assert not np.array_equal(first[0], train.x[0].astype(np.float32))  # augmented at all
+    changed = np.any(first != second, axis=(1, 2, 3))
+    assert changed.mean() > 0.9, f"only {changed.mean():.0%} of the images were augmented differently in epoch 2"
 
 
 def test_augmentation_validates_and_reports_active() -> None:
