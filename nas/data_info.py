@@ -22,7 +22,7 @@ def load_splits(loaded: LoadedSpec) -> tuple[Splits, DataInfo, str]:
     try:
         raw = load_source(d.source, loaded.base_dir, image_size=d.image_size, color_mode=d.color_mode)
         splits = make_splits(raw, validation_fraction=d.validation_fraction, test_fraction=d.test_fraction,
-                             seed=loaded.spec.search.seed)
+                             seed=d.split_seed)  # never search.seed: the test split must not move between searches
     except DataError as exc:
         raise DataError(_located(loaded, str(exc))) from None
     info = DataInfo(

@@ -10,10 +10,13 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.errors import RunDirError
 from nas.spec.loader import LoadedSpec
+
+if TYPE_CHECKING:
+    from nas.data.splits import Split
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,9 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
         existing = run.meta.exists()
         if existing:
             old_hash = run.read_meta().get("spec_hash")
-            holder = _lock_holder(run)
-            if holder:  # never resume, or move aside, a run dir another search is writing
-                raise RunDirError(_busy(run, holder))
+            holder = _holder(run)
+            if holder:  # never resume, or move aside, a run dir another search (or an export) is using
+                raise RunDirError(_busy(run, *holder))
             if new:
                 aside = run.root.with_name(f"{run.root.name}.{time.strftime('%Y%m%d-%H%M%S')}")
                 run.root.rename(aside)
@@ -132,7 +135,7 @@ def prepare(runs_dir: Path, loaded: LoadedSpec, *, new: bool) -> tuple[RunDir, b
 
 
 class RunLock:
-    """An exclusive lock on runs/<name>/.lock, held by one `nas search` from start to end.
+    """An exclusive lock on runs/<name>/.lock, held by one `nas search` (or `nas export`) from start to end.
 
     The kernel drops a flock when its process dies, however it dies (kill -9 included), so holding it proves
     that every earlier search in this run dir has ended: work they left marked "running" is known dead
@@ -159,28 +162,40 @@ class RunLock:
         self.release()
 
 
-def claim(run: RunDir) -> RunLock:
-    """Take the run dir's lock for this process, or refuse when a live search holds it."""
+def claim(run: RunDir, command: str = "search") -> RunLock:
+    """Take the run dir's lock for this process (`command`: "search" or "export", for the messages of whoever
+    is refused), or refuse when a live search or export holds it."""
     try:
         import fcntl
     except ImportError:  # Windows
         return RunLock(None)
-    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the worker (PEP 446)
+    try:
+        fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the worker (PEP 446)
+    except OSError:  # a read-only run dir (export --out elsewhere) or none at all: callers report that themselves
+        return RunLock(None)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunDirError(_busy(run, _lock_holder(run) or "?")) from None
+        raise RunDirError(_busy(run, *(_holder(run) or ("?", "search")), wanted=command)) from None
     except OSError:
         os.close(fd)
         return RunLock(None)
     os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    os.write(fd, f"{os.getpid()}\n{command}\n".encode())
     return RunLock(fd)
 
 
-def _lock_holder(run: RunDir) -> str | None:
-    """The pid written by the live search holding the lock, or None when no search holds it."""
+def claim_for_export(run: RunDir) -> RunLock:
+    """The lock for `nas export`: refused while a search runs in the run dir (it may swap best/ under the
+    export). A search that exports its own winner (export.after_search) already holds it: nothing to take."""
+    if _lock_holder(run) == str(os.getpid()):
+        return RunLock(None)
+    return claim(run, "export")
+
+
+def _holder(run: RunDir) -> tuple[str, str] | None:
+    """(pid, "search" or "export") written by the live process holding the lock, or None when none holds it."""
     try:
         import fcntl
 
@@ -191,16 +206,51 @@ def _lock_holder(run: RunDir) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.read(fd, 32).decode(errors="replace").strip() or "?"
+        lines = os.read(fd, 64).decode(errors="replace").split()
+        return (lines[0] if lines else "?"), (lines[1] if len(lines) > 1 else "search")
     except OSError:
         return None
     finally:
         os.close(fd)
 
 
-def _busy(run: RunDir, pid: str) -> str:
+def _lock_holder(run: RunDir) -> str | None:
+    """The pid written by the live search or export holding the lock, or None when none holds it."""
+    held = _holder(run)
+    return held[0] if held else None
+
+
+def _busy(run: RunDir, pid: str, holder: str = "search", wanted: str = "search") -> str:
+    if holder == "export":
+        return (f"{run.root}: `nas export` (pid {pid}) is using this run directory; "
+                + ("a search now could replace best/ while it reads it. Wait for the export to finish, then rerun"
+                   if wanted == "search" else "two exports at once would overwrite each other's files. Wait for it "
+                   f"to finish, then rerun `nas export {run.root}`"))
+    if wanted == "export":
+        return (f"{run.root}: a `nas search` (pid {pid}) is running in this run directory and may replace best/ "
+                f"while the export reads it. Wait for the search to finish (or stop it with Ctrl-C), then rerun "
+                f"`nas export {run.root}`")
     return (f"{run.root}: another `nas search` (pid {pid}) is running in this run directory; two at once would mix "
             "their trials. Wait for it to finish, or stop it (Ctrl-C) and rerun")
+
+
+def remember_test_split(run: RunDir, test: Split, source: str) -> str:
+    """Record the test split's fingerprint in run.json and return it, or refuse a resume whose data gives
+    another one: its trials would be compared with the finished ones on a different test set. A run from
+    before fingerprints were recorded has none: it is accepted and this one recorded."""
+    from nas.data.splits import fingerprint as fingerprint_of
+
+    fingerprint = fingerprint_of(test)
+    recorded = run.read_meta().get("test_fingerprint")
+    if recorded and recorded != fingerprint:
+        raise RunDirError(
+            f"{run.meta}: test_fingerprint {recorded} was recorded when this search started, but data.source "
+            f"{source!r} now gives a test split with fingerprint {fingerprint}: the data changed since, so this "
+            "search's results would no longer share one test set. Restore the original data to resume, or rerun "
+            f"with --new to start a fresh search on the new data (the old run is kept as {run.root.name}.<timestamp>)")
+    if recorded != fingerprint:
+        run.write_meta(test_fingerprint=fingerprint)
+    return fingerprint
 
 
 def promote_best(run: RunDir, model_path: Path, arch_json: str, trial: dict[str, Any]) -> None:

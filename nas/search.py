@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from nas.errors import Interrupted, NasError
-from nas.rundir import RunDir, atomic_write, claim, clear_pending, prepare, settle_best
+from nas.rundir import RunDir, atomic_write, claim, clear_pending, prepare, remember_test_split, settle_best
 from nas.spec.loader import LoadedSpec
 
 
@@ -171,6 +171,7 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
                        "drop --storage")
     run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
     lock = held.enter_context(claim(run_dir))
+    test_fingerprint = remember_test_split(run_dir, splits.test, spec.data.source)  # changed data: refused
     meta = run_dir.read_meta()
     backend = open_backend(loaded, space, run_dir, opts, resuming)
 
@@ -195,7 +196,7 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
         resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
         params={"backend": spec.search.backend, **backend.describe(),
                 "trials": backend.total, "epochs": backend.epochs, "seed": spec.search.seed,
-                "space_dims": len(space.dims), "data": description},
+                "space_dims": len(space.dims), "data": description, "test_fingerprint": test_fingerprint},
         tags={"nas.run_dir": str(run_dir.root.resolve())},
     )
     try:  # from here on an interrupt ends the MLflow parent run as KILLED
@@ -312,6 +313,7 @@ def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, descr
         "objectives": [o.model_dump() for o in spec.search.objectives],
         "data": description,
         "spec_hash": spec_hash,
+        "test_fingerprint": run_dir.read_meta().get("test_fingerprint"),  # same value, same test split
         "note": "val_accuracy is what the search optimized; test_accuracy is measured once, here, on data no trial saw",
     }
     atomic_write(run_dir.best / "metrics.json", json.dumps(best_metrics, indent=2))

@@ -1,9 +1,17 @@
-"""`nas validate`: check a spec and its data, show the space, and survey which shapes are impossible."""
+"""`nas validate`: check a spec and its data, show the space, and survey which shapes are impossible.
+
+It also checks where `nas search` would write, the MLflow store and the run directory, without creating
+anything: a store or run directory that cannot be used fails here as it would at the start of the search.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.arch import plan
-from nas.errors import InvalidArchitecture
+from nas.errors import InvalidArchitecture, RunDirError, TrackingError
 from nas.space import DataInfo, SearchSpace
 from nas.spec.dims import Choice, describe
 from nas.spec.loader import LoadedSpec
@@ -99,8 +107,87 @@ def _grouped_rows(space: SearchSpace) -> list[tuple[str, str]]:
     return rows
 
 
+def _nearest(path: Path) -> Path:
+    """`path` itself or its nearest ancestor that exists."""
+    return next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+
+
+def _creatable(path: Path) -> str | None:
+    """Why the folder `path` could not be created (or used, when it exists), or None when it can."""
+    found = _nearest(path)
+    if not found.is_dir():
+        return f"{found} is a file, not a folder"
+    if not os.access(found, os.W_OK | os.X_OK):
+        return f"{found} is not writable"
+    return None
+
+
+def _store_uri(loaded: LoadedSpec, runs_dir: Path, tracking_uri: str | None) -> str:
+    uri = tracking_uri or loaded.spec.tracking.uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: as `nas search`
+        base = loaded.base_dir if not tracking_uri else Path.cwd()
+        uri = f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve().as_posix()}"
+    return uri or f"sqlite:///{(runs_dir.resolve() / 'mlflow.db').as_posix()}"
+
+
+def check_store(loaded: LoadedSpec, runs_dir: Path = Path("runs"), tracking_uri: str | None = None) -> str:
+    """The MLflow store `nas search` would use, checked without creating it; a line for the report.
+    Raises TrackingError when it cannot be used."""
+    if not loaded.spec.tracking.enabled:
+        return "MLflow: off (tracking.enabled: false)"
+    uri = _store_uri(loaded, runs_dir, tracking_uri)
+    fix = "check tracking.uri in the spec, --tracking-uri, or --runs-dir for the default store"
+    if uri.startswith("sqlite:"):
+        rest = uri[len("sqlite://"):].split("?", 1)[0]
+        if rest in ("", "/", "/:memory:"):
+            return f"MLflow store: {uri} (in memory)"
+        db = Path(rest[1:] if rest.startswith("/") else rest)
+        if db.is_dir():
+            raise TrackingError(f"MLflow tracking store {uri!r} cannot be used: {db} is a folder, not a database "
+                                f"file. Fix: name a file such as {db / 'mlflow.db'} ({fix}).")
+        problem = _creatable(db.parent) or (None if not db.exists() or os.access(db, os.W_OK) else f"{db} is read-only")
+        if problem is None and db.exists():
+            try:
+                with closing(sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5)) as con:
+                    con.execute("PRAGMA schema_version").fetchone()
+            except sqlite3.Error as exc:
+                problem = f"{db} is not a SQLite database ({exc})"
+        if problem:
+            raise TrackingError(f"MLflow tracking store {uri!r} cannot be used: {problem}. Fix: point it at a "
+                                f"writable location ({fix}).")
+        return f"MLflow store: {uri} ({'exists, writable' if db.exists() else 'will be created'})"
+    if uri.startswith(("http://", "https://", "file:")) or "://" not in uri:
+        from nas.tracking import check_tracking_uri
+
+        check_tracking_uri(uri)  # HTTP: one request; file: the MLflow 3.17 opt-in. Creates nothing.
+        return f"MLflow store: {uri} (reachable)"
+    return f"MLflow store: {uri} (not checked: nas checks sqlite, http(s) and file stores)"
+
+
+def check_run_dir(loaded: LoadedSpec, runs_dir: Path = Path("runs")) -> str:
+    """The run directory `nas search` would create or resume, checked without creating it; a line for the
+    report. Raises RunDirError when it cannot be used."""
+    from nas.rundir import RunDir, _lock_holder
+
+    run = RunDir(runs_dir / loaded.spec.name)
+    problem = _creatable(run.root)
+    if problem:
+        raise RunDirError(f"{run.root}: cannot create the run directory: {problem}; choose another place with "
+                          "--runs-dir")
+    if not run.meta.exists():
+        return f"run directory: {run.root} (new)"
+    holder = _lock_holder(run)
+    if holder:
+        return f"run directory: {run.root} ([yellow]a search is running there now[/], pid {holder})"
+    if run.read_meta().get("spec_hash") != loaded.hash:
+        return (f"run directory: {run.root} ([yellow]made by a different spec[/]: `nas search` refuses it; "
+                "rerun with --new to move it aside, or give the spec another name)")
+    return f"run directory: {run.root} (exists: `nas search` resumes it)"
+
+
 def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tuple[int, int, int],
-           console: Console) -> Survey:
+           console: Console, runs_dir: Path = Path("runs"), tracking_uri: str | None = None) -> Survey:
+    outputs = [check_store(loaded, runs_dir, tracking_uri), check_run_dir(loaded, runs_dir)]
     space = SearchSpace(loaded.spec)
     t = Table(title=f"search space of {loaded.spec.name!r} ({len(space.dims)} searched dimensions)", title_justify="left")
     t.add_column("dimension")
@@ -127,4 +214,6 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
         console.print(f"  {n} x {reason}")
     if s.impossible + s.too_large == s.samples:
         console.print("[bold red]every sampled architecture is impossible[/]: lower depth or strides, or raise max_params")
+    for line in outputs:
+        console.print(line, soft_wrap=True)  # paths and URIs stay whole, copyable
     return s

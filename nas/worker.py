@@ -53,11 +53,11 @@ class InlineRunner:
     """Trials in this process: no isolation, but no start-up cost. For debugging and benchmarks."""
 
     def __init__(self, splits: Splits, deterministic: bool = True):
-        self.splits = splits
+        self.splits, self.trial_splits = splits, splits.without_test()  # a trial never sees the test split
         self.device = prepare_tensorflow(deterministic)
 
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
-        return _execute(task, self.splits, on_epoch)
+        return _execute(task, self.trial_splits, on_epoch)
 
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
         from nas.train import evaluate_model
@@ -110,7 +110,7 @@ def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | 
             conn.send(("result", _execute(msg[1], splits, on_epoch)))
         elif msg[0] == "evaluate":
             try:
-                conn.send(("result", evaluate_model(msg[1], splits, msg[2])))
+                conn.send(("result", evaluate_model(msg[1], msg[3], msg[2])))  # its own splits: test is only here
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -138,7 +138,7 @@ class ProcessRunner:
         saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)  # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES)
         try:
-            self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits, self.deterministic, self.log_path),
+            self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits.without_test(), self.deterministic, self.log_path),
                                            name="nas-trial-worker", daemon=True)
             self._proc.start()
         finally:
@@ -198,7 +198,8 @@ class ProcessRunner:
 
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
         self._ensure()
-        self._send(("evaluate", model_path, which))
+        self._send(("evaluate", model_path, which, self.splits.keep(*which)))
+        self._tasks = self.max_tasks  # a worker that has seen test images never trains another trial
         msg = self._recv()
         if msg[0] == "error":
             raise RuntimeError(msg[1])

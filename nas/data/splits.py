@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,9 +37,31 @@ class Splits:
         h, w, c = self.train.x.shape[1:]
         return int(h), int(w), int(c)
 
+    def keep(self, *names: str) -> Splits:
+        """The same splits with every split not named (of "train", "val", "test") emptied."""
+        gone = {n: Split(getattr(self, n).x[:0], getattr(self, n).y[:0]) for n in ("train", "val", "test")
+                if n not in names}
+        return replace(self, **gone)
+
+    def without_test(self) -> Splits:
+        """What a trial may see: train and validation, with an empty test split."""
+        return self.keep("train", "val")
+
+
+def fingerprint(split: Split) -> str:
+    """A short content hash of a split (pixels, their dtype and shape, and labels): two results whose test
+    fingerprints are equal were measured on the same test images with the same labels."""
+    h = hashlib.sha256()
+    x, y = np.ascontiguousarray(split.x), np.ascontiguousarray(split.y, dtype=np.int64)
+    h.update(f"{x.dtype.str}{x.shape}|".encode())
+    h.update(x.tobytes())
+    h.update(y.tobytes())
+    return h.hexdigest()[:16]
+
 
 def make_splits(raw: RawData, *, validation_fraction: float, test_fraction: float, seed: int) -> Splits:
-    """Split `raw` into train / val / test, the same way for the same seed.
+    """Split `raw` into train / val / test, the same way for the same seed (`data.split_seed`, never the
+    search's seed: every search on the same data and split settings is scored on the same test split).
 
     The test split is the source's own when it has one; otherwise `test_fraction` of the training data, carved
     stratified. Validation is then `validation_fraction` of what remains (not of the whole). Each class with at

@@ -1,5 +1,6 @@
 """`nas export`: retrain the chosen architecture on train+val, prune, export every format, measure each
-artifact in its own runtime, write manifest.json, log to MLflow and register the chosen artifact.
+artifact in its own runtime, write manifest.json, then log the export (manifest included) to MLflow and
+register the chosen artifact. An MLflow failure comes last, so it never costs the export on disk.
 
 What gets compressed is the *retrained* model (train+val, the trial's own training settings and seed),
 never a mid-search checkpoint; the manifest says so.
@@ -25,7 +26,7 @@ from rich.table import Table
 
 from nas.errors import NasError
 from nas.export.source import ExportSource, candidate, choose
-from nas.rundir import atomic_write
+from nas.rundir import RunDir, atomic_write, claim_for_export
 from nas.tf_setup import silenced_stderr
 
 
@@ -78,6 +79,13 @@ def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, Any]:
+    """Export a run's best trial (or opts.trial). Holds the run dir's lock: a search running there could
+    replace best/ while the export reads it."""
+    with claim_for_export(RunDir(Path(run_dir))):
+        return _export(run_dir, opts, console)
+
+
+def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, Any]:
     src = choose(run_dir, opts.trial)
     cfg = src.loaded.spec.export
     formats = tuple(opts.formats or cfg.formats)
@@ -86,10 +94,17 @@ def export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, An
         raise NasError(f"--sparsity {sparsity}: expected a value in [0, 1), e.g. 0.8 for 80% zero weights")
     out = opts.out or src.run.root / "export"
 
+    from nas.data.splits import fingerprint
     from nas.data_info import load_splits
 
     with console.status("loading data"):
         splits, info, description = load_splits(src.loaded)
+    test_fingerprint = fingerprint(splits.test)
+    searched = src.meta.get("test_fingerprint")
+    if searched and searched != test_fingerprint:
+        console.print(f"[yellow]warning:[/] the test split now has fingerprint {test_fingerprint}, but the search "
+                      f"was measured on {searched} ({src.run.meta}): the data changed since the search, so this "
+                      "export's test accuracies are not comparable with best/metrics.json")
     cand = candidate(src, info)
     seed = src.loaded.spec.search.seed + src.trial
     epochs = cfg.retrain_epochs or src.loaded.spec.train.epochs
@@ -141,7 +156,9 @@ def export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, An
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "source": {
             "run_dir": str(src.run.root.resolve()), "trial": src.trial, "spec_hash": src.loaded.hash,
-            "data": description,
+            "data": description, "test_fingerprint": test_fingerprint,
+            **({"test_fingerprint_search": searched} if searched and searched != test_fingerprint else {}),
+            "retrained_on": "train+val: exactly the search's training and validation splits; no test image",
             "model": f"retrained from scratch on train+val for {epochs} epochs with the trial's settings and "
                      f"seed {seed}, then pruned and fine-tuned; not a checkpoint from the search",
         },
@@ -158,13 +175,22 @@ def export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, An
         "artifacts": artifacts,
         "versions": _versions(),
     }
-    from nas.export.registry import log_and_register
-
-    manifest["mlflow"] = log_and_register(src, out, manifest, cfg.registry if cfg.registry in formats else None)
+    # On disk before anything talks to MLflow: a tracking failure must never cost the export.
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     console.print(_table(manifest))
     failed = [k for k, v in artifacts.items() if v["status"] != "ok"]
     console.print(f"wrote {out}/ (manifest.json)" + (f"; failed: {', '.join(failed)} (reasons in the manifest)" if failed else ""))
+
+    from nas.export.registry import ExportTrackingError, log_and_register
+
+    try:  # logs out/ as it is on disk, manifest.json included, under export/
+        logged = log_and_register(src, out, manifest, cfg.registry if cfg.registry in formats else None)
+    except ExportTrackingError as exc:
+        manifest["mlflow"] = {"logged": False, "tracking_uri": exc.uri, "error": exc.cause}
+        atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
+        raise
+    manifest["mlflow"] = logged  # known only after logging: the copy in MLflow lacks this section
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

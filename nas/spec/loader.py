@@ -25,6 +25,10 @@ _MODEL_NAMES = {cls.__name__ for cls in (Section, *Section.__subclasses__())}
 RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.max_failed_trials",
                   "search.isolate_trials", "search.worker_max_trials", "tracking.", "export.")
 
+# Keys added after run dirs existed, left out of the spec's identity while at their default, so that a run
+# made before the key existed still resumes (its hash, and so its run dir, stay the same).
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.split_seed": 0}
+
 
 def flat_keys(spec: Spec) -> dict[str, Any]:
     """The spec as {dotted key: value}, without the keys a resume may change."""
@@ -38,7 +42,8 @@ def flat_keys(spec: Spec) -> dict[str, Any]:
             out[prefix[:-1]] = node
 
     walk(spec.model_dump(mode="json"), "")
-    return {k: v for k, v in out.items() if not any(k == p or k.startswith(p) for p in RESUMABLE_KEYS)}
+    return {k: v for k, v in out.items() if not any(k == p or k.startswith(p) for p in RESUMABLE_KEYS)
+            and NEUTRAL_DEFAULTS.get(k, ...) != v}
 
 
 @dataclass(frozen=True)

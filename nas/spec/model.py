@@ -50,6 +50,8 @@ class DataSpec(Section):
     source: str = Field(description="digits | idx:<dir> | npz:<file> | folder:<dir> | keras:<name>; paths are relative to the spec file")
     validation_fraction: float = Field(0.15, gt=0, lt=1, description="share of the training data the search validates on")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share carved when the source has no test split")
+    split_seed: int = Field(0, ge=0, description="seeds the validation and test carving; independent of search.seed, so "
+                            "searches with different seeds are scored on the same test split")
     image_size: tuple[int, int] | None = Field(None, description="folder sources: resize every image to [height, width]")
     color_mode: Literal["rgb", "grayscale"] | None = Field(None, description="folder sources: channel layout")
     pixel_max: float | None = Field(None, gt=0, description="largest raw pixel value; inferred from the data when omitted")
