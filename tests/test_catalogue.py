@@ -7,6 +7,7 @@ in-process through `nas.cli.main` inside a copy of the folder, so paths in messa
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,12 @@ CASES = Path(__file__).parent / "catalogue" / "cases"
 ALL = sorted(p.name for p in CASES.iterdir() if (p / "case.yaml").exists())
 
 
-def test_the_catalogue_is_large() -> None:
+def test_the_catalogue_is_large_and_the_readme_counts_it() -> None:
     assert len(ALL) >= 40
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())  # line breaks as spaces
+    said = re.search(r"`tests/catalogue/cases/` holds (\d+) such mistakes", readme)
+    assert said, "README.md no longer says how many mistakes the catalogue holds"
+    assert int(said.group(1)) == len(ALL), f"README.md says {said.group(1)} cases, tests/catalogue/cases/ holds {len(ALL)}"
 
 
 @pytest.mark.parametrize("name", ALL)
