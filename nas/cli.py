@@ -1,4 +1,4 @@
-"""The `nas` command line: validate, search, ui, schema.
+"""The `nas` command line: validate, search, export, ui, report, status, schema.
 
 Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the commands that need them, so
 `nas --help` and `nas validate` answer quickly. Every user mistake ends as one message and exit code 2;
@@ -124,26 +124,41 @@ def export(
 
 @app.command()
 def ui(
+    run_dir: Annotated[Optional[Path], typer.Argument(help="a search's run directory, e.g. runs/digits "
+                                                           "(default: the latest under --runs-dir)", show_default=False)] = None,
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
     host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it private to this machine")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 5000,
+    open_browser: Annotated[bool, typer.Option("--open", help="open the link in a web browser")] = False,
 ) -> None:
-    """Open the MLflow UI over the tracking store of your searches."""
-    import subprocess
+    """Open the MLflow UI on a search's trials (best first); prints the link. Ctrl-C stops the server."""
+    from nas.ui import run_ui
 
-    from nas.tracking import default_artifact_root, default_tracking_uri, ui_command
+    run_ui(run_dir, runs_dir, tracking_uri, host, port, open_browser, console)
 
-    uri = tracking_uri or default_tracking_uri(runs_dir)
-    db = runs_dir / "mlflow.db"
-    if tracking_uri is None and not db.exists():
-        raise NasError(f"{db}: no MLflow store yet; run `nas search <spec>` first, or pass --runs-dir/--tracking-uri")
-    cmd = ui_command(uri, default_artifact_root(runs_dir), host=host, port=port)
-    console.print(f"MLflow UI on [bold]http://{host}:{port}[/] over {uri} (Ctrl-C to stop)")
-    try:
-        subprocess.run(cmd, check=False)
-    except KeyboardInterrupt:
-        pass
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a search's run directory, e.g. runs/digits", show_default=False)],
+) -> None:
+    """Write RUN_DIR/report/index.html: one offline page of figures and tables; logged to MLflow too."""
+    from nas.report import write_report
+
+    with err_console.status("writing the report"):
+        page = write_report(run_dir)
+    console.print(f"report: {page}")
+
+
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="a search's run directory, e.g. runs/digits", show_default=False)],
+    top: Annotated[int, typer.Option(min=1, help="leaderboard rows to show")] = 10,
+) -> None:
+    """Progress and leaderboard of a search, also while it runs (read-only: never disturbs it)."""
+    from nas.status import show
+
+    show(run_dir, console, top=top)
 
 
 @app.command()
