@@ -1,0 +1,89 @@
+"""One trial's training (nas.train.run_trial) on digits: what the spec's train settings do to the real model.
+
+Each test builds the candidate from spec text through SearchSpace.decode, so a setting lost anywhere between
+the YAML and the compiled Keras model turns it red. Observed from outside: the model run_trial builds (its
+optimizer) and the epochs its hook is called for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nas.data import load_source, make_splits
+from nas.space import DataInfo, SearchSpace
+from nas.spec import parse_spec
+from nas.trial import TrialTask
+
+pytestmark = pytest.mark.slow
+
+SPEC = """name: t
+data: {source: digits}
+space: {depth: 1, filters: 4, batch_norm: false, head: {depth: 0}}
+train: TRAIN
+"""
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[Any, DataInfo]:
+    raw = load_source("digits", Path("."))
+    splits = make_splits(raw, validation_fraction=0.2, test_fraction=0.2, seed=0)
+    return splits, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max, raw.class_names)
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every model run_trial builds (and then compiles and trains)."""
+    import nas.train
+
+    real, models = nas.train.build_model, []
+
+    def build(arch: Any) -> Any:
+        models.append(real(arch))
+        return models[-1]
+
+    monkeypatch.setattr(nas.train, "build_model", build)
+    return models
+
+
+def train(data: tuple[Any, DataInfo], train_yaml: str, epochs: int) -> list[int]:
+    """Run one trial of the spec; the epochs the hook saw."""
+    from nas.train import run_trial
+
+    splits, info = data
+    candidate = SearchSpace(parse_spec(SPEC.replace("TRAIN", train_yaml))).decode({}, info)
+    seen: list[int] = []
+
+    def hook(epoch: int, metrics: dict[str, float]) -> str:
+        seen.append(epoch)
+        return "continue"
+
+    run_trial(TrialTask(0, candidate, seed=0, epochs=epochs), splits, hook)
+    return seen
+
+
+@pytest.mark.parametrize(("train_yaml", "kind", "decay"), [
+    ("{optimizer: adamw, learning_rate: 0.004, weight_decay: 0.03, epochs: 1}", "AdamW", 0.03),
+    ("{optimizer: sgd, learning_rate: 0.004, weight_decay: 0.02, momentum: 0.8, epochs: 1}", "SGD", 0.02),
+    ("{optimizer: adam, learning_rate: 0.004, weight_decay: 0.05, epochs: 1}", "Adam", None),  # README: adam stays plain
+])
+def test_the_compiled_model_gets_the_specs_optimizer_and_weight_decay(data, built: list[Any], train_yaml: str,
+                                                                      kind: str, decay: float | None) -> None:
+    train(data, train_yaml, epochs=1)
+    (model,) = built
+    opt = model.optimizer
+    assert type(opt).__name__ == kind
+    assert float(opt.learning_rate) == pytest.approx(0.004)
+    assert opt.weight_decay == (None if decay is None else pytest.approx(decay))
+    if kind == "SGD":
+        assert opt.momentum == pytest.approx(0.8)
+    assert int(opt.iterations) > 0  # it is the optimizer that trained the model
+
+
+def test_early_stopping_ends_a_trial_after_patience_epochs_without_a_better_val_accuracy(data) -> None:
+    # a learning rate this small leaves the weights (and so val_accuracy) unchanged: epoch 1 stays the best
+    seen = train(data, "{learning_rate: 1e-9, early_stopping: 2, epochs: 10}", epochs=10)
+    assert seen == [1, 2, 3]
+    assert train(data, "{learning_rate: 1e-9, epochs: 4}", epochs=4) == [1, 2, 3, 4]  # without it: every epoch
