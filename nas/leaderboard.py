@@ -18,7 +18,7 @@ METRIC_COLS = ["val_accuracy", "val_loss", "accuracy", "loss", "params", "flops"
 def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataFrame:
     """One row per trial, best first by the primary objective; unfinished and failed rows last.
 
-    Each backend hands plain dicts: trial, state (finished | pruned | failed | interrupted | running),
+    Each backend hands plain dicts: trial, state (a nas.trial.TrialState value, or running | waiting),
     reason, any of METRIC_COLS, and param.<dimension>; whatever is missing reads as NaN / "".
     """
     rows = []
@@ -39,7 +39,7 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
     return df.drop(columns="_rank").reset_index(drop=True)
 
 
-def reasons(df: pd.DataFrame, states: tuple[str, ...] = ("failed", "pruned"), top: int = 5) -> str:
+def reasons(df: pd.DataFrame, states: tuple[str, ...] = ("failed", "diverged", "pruned"), top: int = 5) -> str:
     """The most common reasons among trials in `states`, one indented line each: "  3 x diverged at ..."."""
     if df.empty:
         return ""
@@ -64,7 +64,7 @@ def table(df: pd.DataFrame, top: int = 10) -> Table:
     rows = []
     for _, r in df.head(top).iterrows():
         keys = " ".join(f"{c.rsplit('.', 1)[-1]}={_short(r[c])}" for c in shown if not _isnan(r[c]))
-        if r["state"] == "failed" and r["reason"]:
+        if r["state"] in ("failed", "diverged") and r["reason"]:
             keys = str(r["reason"])  # why it failed says more than its params
         rows.append([str(r["trial"]), str(r["state"]), num(r["val_accuracy"], ".4f"), num(r["params"], ",.0f"),
                      num(r["flops"] / 1e6 if not _isnan(r["flops"]) else math.nan, ".1f"),

@@ -11,7 +11,6 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,10 @@ from nas.rundir import RunDir, promote_best
 from nas.space import DataInfo, SearchSpace
 from nas.spec.model import Objective
 from nas.tracking import Tracker
-from nas.trial import EPOCH_METRICS, TrialTask
+from nas.trial import EPOCH_METRICS, TrialResult, TrialState, TrialTask, trial_seed
 from nas.worker import Runner
 
 PruneHook = Callable[[int, dict[str, float]], bool]
-
-
-@dataclass
-class TrialResult:
-    state: str  # finished | pruned | failed
-    reason: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    traceback: str | None = None
-    error: bool = False  # failed through an exception or a dead worker (counts toward max_failed_trials)
-
-    def values(self, objectives: list[Objective]) -> list[float]:
-        return [float(self.metrics.get(o.metric, math.nan)) for o in objectives]
 
 
 def _better(a: float, b: float | None, direction: str) -> bool:
@@ -75,7 +62,7 @@ class TrialObjective:
                    if isinstance(v, (int, float)) and math.isfinite(v)}
         self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
                                tags={"nas.traceback": result.traceback} if result.traceback else {})
-        self.reporter.trial_finished(number, result.state, result.metrics, result.reason, error=result.error)
+        self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
         return result
 
     def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
@@ -88,7 +75,7 @@ class TrialObjective:
                     "rejected before training"
                 )
         except InvalidArchitecture as exc:
-            return TrialResult("pruned", reason=exc.reason, metrics={"epochs_run": 0.0})
+            return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
         self.reporter.trial_started(number, shape.params)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
@@ -99,22 +86,14 @@ class TrialObjective:
         pending = self.run.pending / f"trial-{number}.keras"
         monitor = self.primary.metric if self.primary.metric in EPOCH_METRICS else "val_accuracy"
         mode = self.primary.resolved_direction if monitor == self.primary.metric else "maximize"
-        task = TrialTask(number=number, candidate=candidate, seed=self.seed + number, epochs=epochs,
+        task = TrialTask(number=number, candidate=candidate, seed=trial_seed(self.seed, number), epochs=epochs,
                          initial_epoch=initial_epoch, save_model_to=str(pending), monitor=monitor, mode=mode,
                          # saving a model costs ~0.3 s: skip it when the trial cannot become the new best
                          save_threshold=self.best_value if monitor == self.primary.metric else None)
-        outcome = self.runner.run(task, on_epoch)
-        metrics: dict[str, float] = {
-            **outcome.best,
-            "best_epoch": float(outcome.best_epoch or math.nan),
-            "params": float(shape.params),
-            "flops": float(shape.flops),
-            "epochs_run": float(outcome.epochs_run),
-            "wall_time_s": outcome.wall_time_s,
-        }
-        result = TrialResult(outcome.state, outcome.reason, metrics, outcome.traceback, error=outcome.error)
-        if outcome.model_path:
-            self._judge(number, params, Path(outcome.model_path), candidate, result, self.runner.device)
+        result = self.runner.run(task, on_epoch)
+        result.metrics.update(params=float(shape.params), flops=float(shape.flops))
+        if result.model_path:
+            self._judge(number, params, Path(result.model_path), candidate, result, self.runner.device)
         return result
 
     def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,

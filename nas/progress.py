@@ -12,14 +12,18 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from nas.trial import TrialState, tally
+
+STYLES = {TrialState.FINISHED: "green", TrialState.PRUNED: "yellow", TrialState.DIVERGED: "magenta",
+          TrialState.FAILED: "red"}
+
 
 class Reporter(Protocol):
-    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None: ...
+    # counts: the trials a resumed search already has, by state
+    def search_started(self, *, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None: ...
     def trial_started(self, number: int, params_count: int) -> None: ...
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None: ...
-    # error: failed through an exception or a dead worker; such a trial does not count toward the budget
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
-                       error: bool = False) -> None: ...
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -29,19 +33,29 @@ def _fmt(v: float | None) -> str:
 
 class _Counts:
     def __init__(self) -> None:
-        self.total = self.done = self.pruned = self.failed = self.epochs = 0
+        self.total = self.epochs = 0
+        self.by_state = tally(())
         self.best: float | None = None
         self.current: int | None = None
         self.epoch = 0
         self.current_val: float | None = None
 
-    def finish(self, state: str, metrics: dict[str, float], error: bool) -> None:
-        if state in ("finished", "pruned") or (state == "failed" and not error):  # as the backends count
-            self.done += 1
-        self.pruned += state == "pruned"
-        self.failed += state == "failed"
+    def start(self, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None:
+        self.total, self.by_state, self.best, self.epochs = total, dict(counts), best, epochs
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.by_state.items() if s.counts)
+
+    def others(self) -> str:
+        """ "pruned 2  diverged 1  failed 0": the states besides finished (diverged only once there is one)"""
+        return "  ".join(f"{s.value} {n}" for s, n in self.by_state.items()
+                         if s in (TrialState.PRUNED, TrialState.FAILED) or (s == TrialState.DIVERGED and n))
+
+    def finish(self, state: TrialState, metrics: dict[str, float]) -> None:
+        self.by_state[state] += 1
         val = metrics.get("val_accuracy")
-        if state == "finished" and val is not None and (self.best is None or val > self.best):
+        if state == TrialState.FINISHED and val is not None and (self.best is None or val > self.best):
             self.best = val
         self.current = None
 
@@ -66,7 +80,7 @@ class RichReporter:
                    if c.current is not None else "between trials")
         return Text.assemble(
             (running, "cyan"), "  |  best val_acc ", (_fmt(c.best), "bold green"),
-            f"  |  pruned {c.pruned}  failed {c.failed}",
+            f"  |  {c.others()}",
         )
 
     def _render(self) -> Group:
@@ -76,11 +90,10 @@ class RichReporter:
         self.progress.update(self.task, completed=self.c.done, total=self.c.total)
         self.live.update(self._render())
 
-    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None:
-        c = self.c
-        c.total, c.done, c.pruned, c.failed, c.best, c.epochs = total, done, pruned, failed, best, epochs
+    def search_started(self, *, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None:
+        self.c.start(total, counts, best, epochs)
         # ETA counts only this session's trials: reset the bar's clock to the resumed position
-        self.progress.reset(self.task, total=total, completed=done)
+        self.progress.reset(self.task, total=total, completed=self.c.done)
         if not self.started:
             self.live.start()
             self.started = True
@@ -94,11 +107,10 @@ class RichReporter:
         self.c.epoch, self.c.current_val = epoch, metrics.get("val_accuracy")
         self._refresh()
 
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
-                       error: bool = False) -> None:
-        self.c.finish(state, metrics, error)
-        style = {"finished": "green", "pruned": "yellow", "failed": "red"}.get(state, "white")
-        tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else (reason or "")
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None:
+        self.c.finish(state, metrics)
+        style = STYLES.get(state, "white")
+        tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else (reason or "")
         self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
         self._refresh()
 
@@ -120,10 +132,9 @@ class PlainReporter:
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def search_started(self, *, total: int, done: int, pruned: int, failed: int, best: float | None, epochs: int) -> None:
-        c = self.c
-        c.total, c.done, c.pruned, c.failed, c.best, c.epochs = total, done, pruned, failed, best, epochs
-        self._print(f"search: {done}/{total} trials done, best val_accuracy {_fmt(best)}")
+    def search_started(self, *, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None:
+        self.c.start(total, counts, best, epochs)
+        self._print(f"search: {self.c.done}/{total} trials done, best val_accuracy {_fmt(best)}")
 
     def trial_started(self, number: int, params_count: int) -> None:
         self.c.current = number
@@ -131,12 +142,12 @@ class PlainReporter:
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
-    def trial_finished(self, number: int, state: str, metrics: dict[str, float], reason: str | None,
-                       error: bool = False) -> None:
-        self.c.finish(state, metrics, error)
-        detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == "finished" else reason or ""
-        self._print(f"trial {number:>3} {state:<8} {detail} [{self.c.done}/{self.c.total}, best {_fmt(self.c.best)}, "
-                    f"pruned {self.c.pruned}, failed {self.c.failed}, {time.monotonic() - self.t0:.0f}s]")
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None:
+        self.c.finish(state, metrics)
+        detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else reason or ""
+        others = self.c.others().replace("  ", ", ")
+        self._print(f"trial {number:>3} {state.value:<8} {detail} [{self.c.done}/{self.c.total}, best "
+                    f"{_fmt(self.c.best)}, {others}, {time.monotonic() - self.t0:.0f}s]")
 
     def close(self) -> None:
         pass

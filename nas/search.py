@@ -22,6 +22,9 @@ from rich.console import Console
 from nas.errors import Interrupted, NasError
 from nas.rundir import RunDir, atomic_write, claim, clear_pending, prepare, remember_test_split, settle_best
 from nas.spec.loader import LoadedSpec
+from nas.trial import TrialState
+
+COUNTED = {s.value for s in TrialState if s.counts}
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,7 @@ class SearchOptions:
 class SearchSummary:
     run: RunDir
     stop_reason: str
-    finished: int
-    pruned: int
-    failed: int
+    counts: dict[Any, int]  # nas.trial.TrialState -> trials
     best_trial: int | None
     best_metrics: dict[str, Any]
 
@@ -79,8 +80,8 @@ class Backend(Protocol):
     epochs: int  # most epochs one trial trains
 
     def describe(self) -> dict[str, Any]: ...  # backend settings, logged on the MLflow parent run
-    def done(self) -> int: ...  # trials that count toward `total` (finished + pruned)
-    def counts(self) -> tuple[int, int, int]: ...  # (finished, pruned, failed)
+    def done(self) -> int: ...  # trials that count toward `total` (see TrialState.counts)
+    def counts(self) -> dict[TrialState, int]: ...  # trials by state
     def rows(self) -> list[dict[str, Any]]: ...  # leaderboard rows, see nas.leaderboard.frame
     def run(self, objective: Any, on_trial_done: Callable[[], Any]) -> str: ...  # why it stopped
     def reclaim(self) -> list[int]: ...  # settle trials a dead search of this run dir left running; re-queued ones
@@ -138,7 +139,71 @@ def run(spec_path: str | Path, opts: SearchOptions, console: Console) -> SearchS
             raise Interrupted(f"interrupted; nothing finished is lost. Resume with: nas search {spec_path}") from None
 
 
+@dataclass
+class _Search:
+    """What the phases of one `nas search` share; filled in as they go."""
+
+    spec_path: str | Path
+    opts: SearchOptions
+    console: Console
+    loaded: LoadedSpec
+    uri: str
+    tracker: Any  # nas.tracking.Tracker
+    splits: Any  # nas.data.splits.Splits
+    info: Any  # nas.space.DataInfo
+    description: str
+    space: Any  # nas.space.SearchSpace
+    run_dir: RunDir = dataclasses.field(default=None)  # type: ignore[assignment]
+    backend: Backend = dataclasses.field(default=None)  # type: ignore[assignment]
+    runner: Any = None  # nas.worker.Runner, once started
+    test_fingerprint: str | None = None
+
+    @property
+    def spec(self) -> Any:
+        return self.loaded.spec
+
+    def save_leaderboard(self) -> Any:
+        """After each trial (and on resume or Ctrl-C): confirm or roll back best/, write the leaderboard."""
+        from nas.leaderboard import frame, write
+
+        rows = self.backend.rows()
+        settle_best(self.run_dir, {r["trial"] for r in rows if r["state"] in COUNTED})
+        df = frame(rows, self.spec.search.objectives)
+        if not df.empty:
+            write(df, self.run_dir.leaderboard)
+        return df
+
+
 def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: contextlib.ExitStack) -> SearchSummary:
+    s = _load(spec_path, opts, console)  # everything bad input can break fails here, before a run dir is claimed
+    resuming, lock_held = _claim(s, held)
+    parent = _start_parent_run(s, resuming)
+    reporter = None
+    try:  # from here on an interrupt ends the MLflow parent run as KILLED
+        s.run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=s.uri, **s.backend.meta)
+        if resuming:
+            _settle_previous_session(s, lock_held)
+        s.runner = _make_runner(s)
+        reporter, objective = _make_objective(s)
+        started = time.monotonic()
+        stop_reason = s.backend.run(objective, on_trial_done=s.save_leaderboard)
+    except KeyboardInterrupt:
+        _abandon(s, reporter, "KILLED")
+        raise Interrupted(
+            f"interrupted: {s.backend.done()} of {s.backend.total} trials are kept in {s.run_dir.root} (the running "
+            f"trial was discarded). Resume with: nas search {spec_path}"
+        ) from None
+    except BaseException:
+        _abandon(s, reporter, "FAILED")
+        raise
+    reporter.close()
+    return _finish(s, stop_reason, time.monotonic() - started)
+
+
+def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Search:
+    """Spec, tracking store and data: read and checked, nothing written to the run directory yet."""
+    from nas.data_info import load_splits
+    from nas.space import SearchSpace
     from nas.spec.loader import load_spec
     from nas.tracking import MlflowTracker, NullTracker, Tracker, default_artifact_root
 
@@ -155,113 +220,111 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
     if spec.tracking.enabled:  # connects (and fails fast on a bad URI) before any data loading or training
         tracker = MlflowTracker(uri, spec.tracking.experiment or spec.name, default_artifact_root(opts.runs_dir))
 
-    from nas.data_info import load_splits
-
     with console.status("loading data"):
         splits, info, description = load_splits(loaded)
     console.print(f"data: {description}; train {len(splits.train.y)}, val {len(splits.val.y)}, "
                   f"test {len(splits.test.y)} (held out), input {info.input_shape}, {info.num_classes} classes")
-
-    from nas.space import SearchSpace
-
-    space = SearchSpace(spec)
     if opts.storage and spec.search.backend != "optuna":
         raise NasError(f"--storage is for the optuna backend, but {loaded.path} sets search.backend "
                        f"{spec.search.backend!r}, which keeps its state in {opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
-    run_dir, resuming = prepare(opts.runs_dir, loaded, new=opts.new)
-    lock = held.enter_context(claim(run_dir))
-    test_fingerprint = remember_test_split(run_dir, splits.test, spec.data.source)  # changed data: refused
-    meta = run_dir.read_meta()
-    backend = open_backend(loaded, space, run_dir, opts, resuming)
+    return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec))
 
-    from nas.leaderboard import frame, reasons, table, write
+
+def _claim(s: _Search, held: contextlib.ExitStack) -> tuple[bool, bool]:
+    """Prepare and lock the run directory, check the test split against it, open the backend.
+    Returns (resuming, whether the lock proves every earlier search of this run dir dead)."""
+    s.run_dir, resuming = prepare(s.opts.runs_dir, s.loaded, new=s.opts.new)
+    lock = held.enter_context(claim(s.run_dir))
+    s.test_fingerprint = remember_test_split(s.run_dir, s.splits.test, s.spec.data.source)  # changed data: refused
+    s.backend = open_backend(s.loaded, s.space, s.run_dir, s.opts, resuming)
+    return resuming, lock.held
+
+
+def _start_parent_run(s: _Search, resuming: bool) -> str | None:
+    spec, meta = s.spec, s.run_dir.read_meta()
+    return s.tracker.start_search(
+        run_name=spec.name, spec_path=s.loaded.path, spec_hash=s.loaded.hash,
+        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
+        params={"backend": spec.search.backend, **s.backend.describe(),
+                "trials": s.backend.total, "epochs": s.backend.epochs, "seed": spec.search.seed,
+                "space_dims": len(s.space.dims), "data": s.description, "test_fingerprint": s.test_fingerprint},
+        tags={"nas.run_dir": str(s.run_dir.root.resolve())},
+    )
+
+
+def _settle_previous_session(s: _Search, lock_held: bool) -> None:
+    """A search killed outright (kill -9, power loss) left its trial marked running. Holding the lock proves that
+    process dead, so the trial is settled now rather than after Optuna's heartbeat grace."""
+    requeued = s.backend.reclaim() if lock_held else []
+    df = s.save_leaderboard()  # also rolls best/ back if it came from a trial cut off before it was recorded
+    stale = s.tracker.close_stale_trials(list(df[df["state"] == "interrupted"]["trial"]) if not df.empty else [])
+    s.console.print(f"resuming {s.run_dir.root}: {s.backend.done()} of {s.backend.total} trials already done"
+                    + (f"; {stale} interrupted MLflow run(s) closed" if stale else "")
+                    + (f"; re-running killed trial(s) {', '.join(map(str, requeued))} with the same params"
+                       if requeued else ""))
+
+
+def _make_runner(s: _Search) -> Any:
+    from nas.worker import InlineRunner, ProcessRunner
+
+    spec = s.spec
+    if s.opts.inline or not spec.search.isolate_trials:
+        return InlineRunner(s.splits, spec.train.deterministic, trial_timeout=spec.search.trial_timeout)
+    return ProcessRunner(s.splits, deterministic=spec.train.deterministic, max_tasks=spec.search.worker_max_trials,
+                         log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
+
+
+def _make_objective(s: _Search) -> tuple[Any, Any]:
+    """The reporter (already showing progress) and the objective every backend calls once per trial."""
     from nas.objective import TrialObjective
     from nas.progress import make_reporter
-    from nas.worker import InlineRunner, ProcessRunner, Runner
 
-    def save_leaderboard() -> Any:
-        """After each trial (and on resume or Ctrl-C): confirm or roll back best/, write the leaderboard."""
-        rows = backend.rows()
-        settle_best(run_dir, {r["trial"] for r in rows if r["state"] in ("finished", "pruned")})
-        df = frame(rows, spec.search.objectives)
-        if not df.empty:
-            write(df, run_dir.leaderboard)
-        return df
+    spec = s.spec
+    reporter = make_reporter(s.console)
+    primary = spec.search.objectives[0]
+    best_value = current_best_value(s.run_dir, primary.metric)
+    objective = TrialObjective(space=s.space, data=s.info, runner=s.runner, tracker=s.tracker, reporter=reporter,
+                               run=s.run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
+                               best_value=best_value, max_params=spec.space.max_params)
+    reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
+                            best=best_value if primary.metric == "val_accuracy" else None)
+    return reporter, objective
 
-    reporter = make_reporter(console)
-    runner: Runner | None = None
-    parent = tracker.start_search(
-        run_name=spec.name, spec_path=loaded.path, spec_hash=loaded.hash,
-        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
-        params={"backend": spec.search.backend, **backend.describe(),
-                "trials": backend.total, "epochs": backend.epochs, "seed": spec.search.seed,
-                "space_dims": len(space.dims), "data": description, "test_fingerprint": test_fingerprint},
-        tags={"nas.run_dir": str(run_dir.root.resolve())},
-    )
-    try:  # from here on an interrupt ends the MLflow parent run as KILLED
-        run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=uri, **backend.meta)
-        if resuming:
-            # A search killed outright (kill -9, power loss) left its trial marked running. Holding the lock proves
-            # that process dead, so the trial is settled now rather than after Optuna's heartbeat grace.
-            requeued = backend.reclaim() if lock.held else []
-            df = save_leaderboard()  # also rolls best/ back if it came from a trial cut off before it was recorded
-            stale = tracker.close_stale_trials(list(df[df["state"] == "interrupted"]["trial"]) if not df.empty else [])
-            console.print(f"resuming {run_dir.root}: {backend.done()} of {backend.total} trials already done"
-                          + (f"; {stale} interrupted MLflow run(s) closed" if stale else "")
-                          + (f"; re-running killed trial(s) {', '.join(map(str, requeued))} with the same params"
-                             if requeued else ""))
 
-        runner = (InlineRunner(splits, spec.train.deterministic) if opts.inline or not spec.search.isolate_trials
-                  else ProcessRunner(splits, deterministic=spec.train.deterministic,
-                                     max_tasks=spec.search.worker_max_trials,
-                                     log_path=str(run_dir.root / "worker.log")))
-        primary = spec.search.objectives[0]
-        best_value = current_best_value(run_dir, primary.metric)
-        objective = TrialObjective(space=space, data=info, runner=runner, tracker=tracker, reporter=reporter,
-                                   run=run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
-                                   best_value=best_value, max_params=spec.space.max_params)
-        _, pruned, failed = backend.counts()
-        reporter.search_started(
-            total=backend.total, done=backend.done(), pruned=pruned, failed=failed,
-            best=best_value if primary.metric == "val_accuracy" else None, epochs=backend.epochs,
-        )
-        started = time.monotonic()
-        stop_reason = backend.run(objective, on_trial_done=save_leaderboard)
-    except KeyboardInterrupt:
+def _abandon(s: _Search, reporter: Any, status: str) -> None:
+    """The search stops early (Ctrl-C, SIGTERM, an error of ours): keep what is done, end the parent run."""
+    if reporter is not None:
         reporter.close()
-        if runner is not None:
-            runner.close()
-        save_leaderboard()
-        clear_pending(run_dir)
-        tracker.end_search("KILLED")
-        raise Interrupted(
-            f"interrupted: {backend.done()} of {backend.total} trials are kept in {run_dir.root} (the running trial "
-            f"was discarded). Resume with: nas search {spec_path}"
-        ) from None
-    except BaseException:
-        reporter.close()
-        if runner is not None:
-            runner.close()
-        tracker.end_search("FAILED")
-        raise
-    assert runner is not None
-    reporter.close()
+    if s.runner is not None:
+        s.runner.close()
+    if status == "KILLED":
+        s.save_leaderboard()
+        clear_pending(s.run_dir)
+    s.tracker.end_search(status)
+
+
+def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
+    """Measure the winner on the held-out test split, print the results, and say how the search ended."""
+    from nas.leaderboard import reasons, table
+    from nas.trial import describe_tally
+
+    spec, run_dir, console = s.spec, s.run_dir, s.console
     clear_pending(run_dir)
-    df = save_leaderboard()
-
-    finished, pruned, failed = backend.counts()
+    df = s.save_leaderboard()
+    counts = s.backend.counts()
+    finished = counts[TrialState.FINISHED]
     try:
-        best_trial, best_metrics = _measure_best(run_dir, runner, spec, loaded.hash, description, tracker, console)
+        best_trial, best_metrics = _measure_best(run_dir, s.runner, spec, s.loaded.hash, s.description, s.tracker,
+                                                 console)
     finally:
-        runner.close()
-        tracker.end_search("FINISHED" if finished and stop_reason != "failures" else "FAILED")
+        s.runner.close()
+        s.tracker.end_search("FINISHED" if finished and stop_reason != "failures" else "FAILED")
 
     if not df.empty:
         console.print(table(df))
-    elapsed = time.monotonic() - started
     head = _why(stop_reason, spec.search.max_failed_trials)
-    tally = f"{finished} finished, {pruned} pruned, {failed} failed"
+    tally = describe_tally(counts)
     console.print(f"[bold]{head}[/] in {elapsed:.0f}s: {tally}")
     if not finished:
         raise NasError(f"no trial finished, so there is no best model ({head}: {tally}).{_common(reasons(df))}\n"
@@ -271,7 +334,7 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
                       f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out)")
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
     if spec.tracking.enabled:
-        console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {uri}; browse with `nas ui`")
+        console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {s.uri}; browse with `nas ui`")
     if stop_reason == "failures":
         # Non-zero although the finished trials and best/ stand: the search did not do what was asked, and a
         # script (`nas search ... && nas export ...`) must notice. A rerun resumes with a fresh failure allowance.
@@ -284,7 +347,7 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
 
         console.print(f"export.after_search: exporting trial {best_trial}")
         export(run_dir.root, ExportOptions(), console)
-    return SearchSummary(run_dir, stop_reason, finished, pruned, failed, best_trial, best_metrics)
+    return SearchSummary(run_dir, stop_reason, counts, best_trial, best_metrics)
 
 
 def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, description: str, tracker: Any,

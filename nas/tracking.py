@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-TRIAL_STATES = {"finished": "FINISHED", "pruned": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+TRIAL_STATES = {"finished": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED",
+                "interrupted": "KILLED"}  # nas.trial.TrialState -> MLflow run status
 SEARCH_STATUSES = ("FINISHED", "KILLED", "FAILED")
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3.17
 _MAX_TAG_LEN = 8000  # MAX_TAG_VAL_LENGTH

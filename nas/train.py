@@ -20,7 +20,7 @@ from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
 from nas.data.splits import Splits
 from nas.errors import InvalidArchitecture
 from nas.space import TrainConfig
-from nas.trial import EPOCH_METRICS, EpochHook, TrialOutcome, TrialTask
+from nas.trial import EPOCH_METRICS, EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
 def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
     # Keras 3 applies weight_decay decoupled in every optimizer, so "adam" with decay would just be AdamW
@@ -31,6 +31,13 @@ def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
     if t.optimizer == "adamw":
         return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
     return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=wd)
+
+
+def compile_for_training(model: keras.Model, t: TrainConfig) -> None:
+    """The one place a model is compiled for training: every trial, and export's retraining of the winner."""
+    model.compile(optimizer=make_optimizer(t),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
 def describe_failure(exc: BaseException, frames: int = 10, message_chars: int = 2500) -> tuple[str, str]:
@@ -67,8 +74,9 @@ class _EpochCallback(keras.callbacks.Callback):
         self.best: dict[str, float] = {}
         self.best_epoch: int | None = None
         self.best_weights: list[Any] | None = None
-        self.stopped: tuple[str, str] | None = None  # (state, reason)
+        self.stopped: tuple[TrialState, str] | None = None  # (state, reason)
         self._since_best = 0
+        self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         value = metrics.get(self.monitor, math.nan)
@@ -81,6 +89,8 @@ class _EpochCallback(keras.callbacks.Callback):
         # Keras still ends the epoch (validation, on_epoch_end), which records the divergence.
         if not math.isfinite(float((logs or {}).get("loss", 0.0))):
             self.model.stop_training = True
+        if self.time_limit_s is not None and time.perf_counter() - self.started > self.time_limit_s:
+            self.timed_out = self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         n = epoch + 1
@@ -89,8 +99,11 @@ class _EpochCallback(keras.callbacks.Callback):
         decision = self.on_epoch(n, metrics)
         loss = metrics.get("loss", math.nan)
         if not math.isfinite(loss):
-            self.stopped = ("failed", f"diverged at epoch {n} (loss {loss}); lower train.learning_rate")
+            self.stopped = (TrialState.DIVERGED, f"diverged at epoch {n} (loss {loss}); lower train.learning_rate")
             self.model.stop_training = True
+            return
+        if self.timed_out and self.time_limit_s is not None:
+            self.stopped = (TrialState.FAILED, timeout_reason(self.time_limit_s, n))
             return
         if self._improved(metrics):
             self.best, self.best_epoch, self.best_weights, self._since_best = metrics, n, self.model.get_weights(), 0
@@ -98,26 +111,29 @@ class _EpochCallback(keras.callbacks.Callback):
             self._since_best += 1
         if decision == "prune":
             shown = metrics.get(self.monitor, math.nan)
-            self.stopped = ("pruned", f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
+            self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
         elif self.patience and self._since_best >= self.patience:
             self.model.stop_training = True  # early stopping: a finished trial, not a pruned one
 
 
-def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutcome:
+def _result(state: TrialState, reason: str | None, cb: _EpochCallback, started: float,
+            **extra: str | None) -> TrialResult:
+    metrics = {**cb.best, "best_epoch": float(cb.best_epoch or math.nan), "epochs_run": float(len(cb.history)),
+               "wall_time_s": time.perf_counter() - started}
+    return TrialResult(state, reason, metrics, cb.history, **extra)
+
+
+def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResult:
     started = time.perf_counter()
     arch, cfg = task.candidate.arch, task.candidate.train
     try:
         plan(arch)
     except InvalidArchitecture as exc:
-        return TrialOutcome("pruned", reason=exc.reason)
+        return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
     keras.utils.set_random_seed(task.seed)
     model = build_model(arch)
-    model.compile(
-        optimizer=make_optimizer(cfg),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    compile_for_training(model, cfg)
     train_ds = train_dataset(
         splits.train, num_classes=arch.num_classes, batch_size=cfg.batch_size,
         augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
@@ -129,25 +145,21 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutc
                   callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
     except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
         reason, tb = describe_failure(exc)
-        return TrialOutcome("failed", reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
-                            epochs_run=len(cb.history), wall_time_s=time.perf_counter() - started, traceback=tb,
-                            error=True)
-    state, reason = cb.stopped or ("finished", None)
-    out = TrialOutcome(state=state, reason=reason, history=cb.history, best=cb.best, best_epoch=cb.best_epoch,
-                       epochs_run=len(cb.history))
+        return _result(TrialState.FAILED, reason, cb, started, traceback=tb)
+    state, reason = cb.stopped or (TrialState.FINISHED, None)
+    model_path = None
     best_value = cb.best.get(task.monitor)
     beats = task.save_threshold is None or (best_value is not None and (
         best_value > task.save_threshold if task.mode == "maximize" else best_value < task.save_threshold))
-    if state == "finished" and task.save_model_to and cb.best_weights is not None and beats:
+    if state == TrialState.FINISHED and task.save_model_to and cb.best_weights is not None and beats:
         model.set_weights(cb.best_weights)
         path = Path(task.save_model_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.keras")  # write then rename: a kill never leaves half a model
         model.save(tmp)
         tmp.replace(path)
-        out.model_path = str(path)
-    out.wall_time_s = time.perf_counter() - started
-    return out
+        model_path = str(path)
+    return _result(state, reason, cb, started, model_path=model_path)
 
 
 def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("val", "test")) -> dict[str, float]:

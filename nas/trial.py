@@ -1,17 +1,69 @@
-"""The messages between the search loop and the place a trial trains (light: no TensorFlow import)."""
+"""The trial vocabulary shared by the worker, the objective, the backends, the leaderboard and MLflow.
+
+Light on purpose (no TensorFlow import): the search loop, the backends and `nas status` all read it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from nas.space import Candidate
+
+if TYPE_CHECKING:
+    from nas.spec.model import Objective
 
 #: per-epoch metrics, as Keras logs them and as they appear in MLflow curves
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 #: called after every epoch with (epoch, metrics); returns "continue" or "prune"
 EpochHook = Callable[[int, dict[str, float]], str]
+
+
+class TrialState(StrEnum):
+    """How a trial ended. A StrEnum, so it is stored and compared as its plain value ("finished", ...)."""
+
+    FINISHED = "finished"  # trained to the end (or stopped early by early_stopping)
+    PRUNED = "pruned"  # judged hopeless: by the pruner, or rejected before training (impossible shape, too large)
+    DIVERGED = "diverged"  # its loss became NaN/inf: a verdict on the params, like pruning
+    FAILED = "failed"  # an error: an exception, a dead worker, out of memory, the trial timeout
+    INTERRUPTED = "interrupted"  # cut off by Ctrl-C, SIGTERM or kill -9; a rerun runs it again
+
+    @property
+    def counts(self) -> bool:
+        """Whether the trial counts toward `search.trials`: it reached a verdict on its params. A failed trial
+        says nothing about its params (a replacement runs, up to search.max_failed_trials); an interrupted one
+        is run again."""
+        return self in (TrialState.FINISHED, TrialState.PRUNED, TrialState.DIVERGED)
+
+
+def tally(states: Iterable[str]) -> dict[TrialState, int]:
+    """How many trials ended in each state; unknown states (running, waiting) are left out."""
+    counts = dict.fromkeys(TrialState, 0)
+    for s in states:
+        if s in counts:
+            counts[TrialState(s)] += 1
+    return counts
+
+
+def describe_tally(counts: dict[TrialState, int]) -> str:
+    """ "3 finished, 1 pruned, 0 failed" plus diverged and interrupted when there are any."""
+    parts = [f"{counts[s]} {s.value}" for s in TrialState
+             if s in (TrialState.FINISHED, TrialState.PRUNED, TrialState.FAILED) or counts[s]]
+    return ", ".join(parts)
+
+
+def trial_seed(search_seed: int, number: int) -> int:
+    """The seed trial `number` trains with; export retrains the winner with the same one."""
+    return search_seed + number
+
+
+def timeout_reason(seconds: float, epochs_run: int) -> str:
+    limit = f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+    return f"ran past search.trial_timeout ({limit}) after {epochs_run} epoch(s); raise it or shrink the space"
 
 
 @dataclass(frozen=True)
@@ -25,17 +77,30 @@ class TrialTask:
     monitor: str = "val_accuracy"  # which epoch is "best" (weights kept, metrics reported)
     mode: str = "maximize"
     save_threshold: float | None = None  # save only if the best monitored value beats this (the current best)
+    time_limit_s: float | None = None  # inline trials stop themselves past it (a worker process is killed instead)
 
 
 @dataclass
-class TrialOutcome:
-    state: str  # finished | pruned | failed
+class TrialResult:
+    """One trial's result, from the worker through the objective and the backends to the leaderboard and MLflow.
+
+    `metrics` holds the best epoch's metrics (by the task's monitor) and the trial's own numbers: best_epoch,
+    epochs_run, wall_time_s from the worker; params and flops added by the objective.
+    """
+
+    state: TrialState
     reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, float] = field(default_factory=dict)  # metrics of the best epoch (by the task's monitor)
-    best_epoch: int | None = None
-    epochs_run: int = 0
-    wall_time_s: float = 0.0
-    model_path: str | None = None
+    model_path: str | None = None  # the best-epoch model, saved when the trial finished and may be the new best
     traceback: str | None = None  # of an unexpected error, for --debug and the MLflow run
-    error: bool = False  # an exception or a dead worker, as opposed to a judged outcome (divergence, pruning)
+
+    def __post_init__(self) -> None:
+        self.state = TrialState(self.state)
+
+    @property
+    def counts(self) -> bool:
+        return self.state.counts
+
+    def values(self, objectives: list[Objective]) -> list[float]:
+        return [float(self.metrics.get(o.metric, math.nan)) for o in objectives]

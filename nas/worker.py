@@ -9,29 +9,34 @@ GPU placement is a seam here: `env` reaches the child before TensorFlow is impor
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
+import math
 import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import warnings
 from typing import Any, Protocol
 
 from nas.data.splits import Splits
 from nas.tf_setup import prepare_tensorflow
-from nas.trial import EpochHook, TrialOutcome, TrialTask
+from nas.trial import EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
+#: seconds a new worker process may take to import TensorFlow and say it is ready
+START_TIMEOUT_S = 180.0
 
 
 class Runner(Protocol):
     device: str  # where trials train: "CPU" or "GPU:0"
 
-    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome: ...
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult: ...
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]: ...
     def close(self) -> None: ...
 
 
-def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutcome:
+def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResult:
     """Run one trial with the session cleared first; map exceptions to a failed outcome with a reason."""
     import keras
 
@@ -45,19 +50,21 @@ def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialOutco
         return _failed(*describe_failure(exc))
 
 
-def _failed(reason: str, tb: str) -> TrialOutcome:
-    return TrialOutcome("failed", reason=reason, traceback=tb, error=True)
+def _failed(reason: str, tb: str | None = None) -> TrialResult:
+    return TrialResult(TrialState.FAILED, reason=reason, traceback=tb)
 
 
 class InlineRunner:
     """Trials in this process: no isolation, but no start-up cost. For debugging and benchmarks."""
 
-    def __init__(self, splits: Splits, deterministic: bool = True):
+    def __init__(self, splits: Splits, deterministic: bool = True, trial_timeout: float | None = None):
         self.splits, self.trial_splits = splits, splits.without_test()  # a trial never sees the test split
+        self.trial_timeout = trial_timeout
         self.device = prepare_tensorflow(deterministic)
 
-    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
-        return _execute(task, self.trial_splits, on_epoch)
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult:
+        # No process to kill here: the trial stops itself at the first batch past the limit.
+        return _execute(dataclasses.replace(task, time_limit_s=self.trial_timeout), self.trial_splits, on_epoch)
 
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
         from nas.train import evaluate_model
@@ -119,13 +126,18 @@ class WorkerDied(RuntimeError):
     pass
 
 
+class _TimedOut(Exception):
+    pass
+
+
 class ProcessRunner:
     """One spawned child at a time, replaced after `max_tasks` trials or when it dies."""
 
     def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 10,
-                 env: dict[str, str] | None = None, log_path: str | None = None):
+                 env: dict[str, str] | None = None, log_path: str | None = None,
+                 trial_timeout: float | None = None, start_timeout: float = START_TIMEOUT_S):
         self.splits, self.deterministic, self.max_tasks = splits, deterministic, max_tasks
-        self.log_path = log_path
+        self.log_path, self.trial_timeout, self.start_timeout = log_path, trial_timeout, start_timeout
         self.env = dict(env or {})
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
@@ -141,6 +153,9 @@ class ProcessRunner:
             self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits.without_test(), self.deterministic, self.log_path),
                                            name="nas-trial-worker", daemon=True)
             self._proc.start()
+        except Exception as exc:  # fork/spawn refused (no memory, process limit), data that cannot be pickled
+            self._proc = None
+            raise WorkerDied(f"could not start a trial worker process ({type(exc).__name__}: {exc})") from None
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -149,7 +164,12 @@ class ProcessRunner:
                     os.environ[k] = v
         child.close()
         self._conn, self._tasks = parent, 0
-        self.device = str(self._recv()[1])
+        try:
+            self.device = str(self._recv(time.monotonic() + self.start_timeout)[1])
+        except _TimedOut:
+            self.close(force=True)
+            where = f"; see {self.log_path}" if self.log_path else ""
+            raise WorkerDied(f"the trial worker process did not start within {self.start_timeout:.0f}s{where}") from None
 
     def _died(self) -> WorkerDied:
         self._proc.join(5)
@@ -157,10 +177,12 @@ class ProcessRunner:
         self._reset()
         return WorkerDied(_death_reason(code))
 
-    def _recv(self) -> Any:
+    def _recv(self, deadline: float = math.inf) -> Any:
         while not self._conn.poll(0.2):
             if not self._proc.is_alive():
                 raise self._died()
+            if time.monotonic() > deadline:
+                raise _TimedOut
         try:
             return self._conn.recv()
         except (EOFError, OSError):
@@ -177,21 +199,32 @@ class ProcessRunner:
             self.close()
             self._start()
 
-    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialOutcome:
+    def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult:
+        history: list[dict[str, float]] = []
+        started = time.monotonic()
         try:
             self._ensure()  # a worker that cannot even start fails this trial, not the search
             self._tasks += 1
+            started = time.monotonic()
+            deadline = started + (self.trial_timeout or math.inf)
             self._send(("trial", task))
             while True:
-                msg = self._recv()
+                msg = self._recv(deadline)
                 if msg[0] == "epoch":
+                    history.append(msg[2])
                     self._send(("decision", on_epoch(msg[1], msg[2])))
                 else:
-                    if msg[1].error:  # an error may leave TensorFlow broken (a GPU after OOM): next trial, new worker
+                    result: TrialResult = msg[1]
+                    if result.state == TrialState.FAILED:  # it may leave TensorFlow broken (a GPU after OOM): new worker
                         self._tasks = self.max_tasks
-                    return msg[1]  # type: ignore[no-any-return]
+                    return result
         except WorkerDied as exc:
-            return TrialOutcome("failed", reason=str(exc), error=True)
+            return _failed(str(exc))
+        except _TimedOut:
+            self.close(force=True)  # the worker is mid-epoch (or hung): only a new one is in a known state
+            assert self.trial_timeout is not None
+            return TrialResult(TrialState.FAILED, timeout_reason(self.trial_timeout, len(history)), history=history,
+                               metrics={"epochs_run": float(len(history)), "wall_time_s": time.monotonic() - started})
         except BaseException:
             self.close(force=True)  # Ctrl-C or an error in our own callback: the child is mid-trial
             raise

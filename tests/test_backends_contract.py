@@ -24,7 +24,7 @@ from nas.space import DataInfo, SearchSpace
 from nas.spec import parse_spec
 from nas.spec.loader import LoadedSpec
 from nas.tracking import NullTracker, Tracker
-from nas.trial import TrialOutcome, TrialTask
+from nas.trial import TrialResult, TrialTask
 
 DIGITS = DataInfo(input_shape=(8, 8, 1), num_classes=10, pixel_max=16.0)
 
@@ -65,7 +65,7 @@ class FakeRunner:
         self.tasks: list[TrialTask] = []
         self.interrupt_at = interrupt_at
 
-    def run(self, task: TrialTask, on_epoch: Any) -> TrialOutcome:
+    def run(self, task: TrialTask, on_epoch: Any) -> TrialResult:
         self.tasks.append(task)
         if len(self.tasks) == self.interrupt_at:
             raise KeyboardInterrupt  # Ctrl-C in the middle of a trial
@@ -79,8 +79,9 @@ class FakeRunner:
         path = Path(task.save_model_to or "")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"trial {task.number}")
-        return TrialOutcome("finished", None, history, best=history[-1], best_epoch=len(history),
-                            epochs_run=len(history), wall_time_s=0.01, model_path=str(path))
+        metrics = {**history[-1], "best_epoch": float(len(history)), "epochs_run": float(len(history)),
+                   "wall_time_s": 0.01}
+        return TrialResult("finished", None, metrics, history, model_path=str(path))
 
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]:
         return {}
@@ -166,7 +167,7 @@ class TestBackendContract:
         assert {r["state"] for r in rows} == {"pruned"}
         assert all("cannot take 2x2 max pooling" in r["reason"] for r in rows)
         assert s.runner.tasks == []  # never trained
-        assert s.backend.counts() == (0, len(rows), 0)
+        assert (s.backend.counts()["finished"], s.backend.counts()["pruned"]) == (0, len(rows))
 
     def test_same_seed_same_sequence(self, tmp_path: Path, search: str) -> None:
         runs = [Session(tmp_path / name, search, seed=seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))]

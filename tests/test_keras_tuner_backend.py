@@ -19,7 +19,7 @@ import pytest
 
 from nas.backends.keras_tuner_backend import KerasTunerBackend, hyperband_plan, hyperparameters
 from nas.errors import NasError, TrackingError
-from nas.objective import TrialResult
+from nas.trial import TrialResult
 from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec import parse_spec
@@ -134,17 +134,17 @@ def test_unreadable_project_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_errors_count_toward_the_limit_and_divergence_does_not(tmp_path: Path) -> None:
-    boom = TrialResult("failed", "ValueError: boom", error=True)
+    boom = TrialResult("failed", "ValueError: boom")
     b = backend(tmp_path, "  algorithm: random\n  trials: 6\n  max_failed_trials: 2\n")
     assert b.run(Scripted(result=boom), lambda: None) == "failures"  # type: ignore[arg-type]
-    assert b.counts() == (0, 0, 2) and [r["reason"] for r in b.rows()] == ["ValueError: boom"] * 2
+    assert (b.counts()["finished"], b.counts()["failed"]) == (0, 2) and [r["reason"] for r in b.rows()] == ["ValueError: boom"] * 2
 
     (tmp_path / "d").mkdir()
-    diverged = TrialResult("failed", "diverged at epoch 1 (loss nan)")
+    diverged = TrialResult("diverged", "diverged at epoch 1 (loss nan)")
     flaky = Scripted(result=lambda n: diverged if n < 3 else TrialResult("finished", None, {"val_accuracy": 0.5}))
     b = backend(tmp_path / "d", "  algorithm: random\n  trials: 4\n  max_failed_trials: 2\n")
     assert b.run(flaky, lambda: None) == "budget"  # type: ignore[arg-type]
-    assert b.counts() == (1, 0, 3)  # a verdict on its params, like pruning: it counts toward the budget
+    assert (b.counts()["finished"], b.counts()["diverged"], b.counts()["failed"]) == (1, 3, 0)  # a verdict on its params, like pruning: it counts toward the budget
 
 
 def test_unexpected_errors_stop_the_search_and_the_trial_is_rerun(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_unexpected_errors_stop_the_search_and_the_trial_is_rerun(tmp_path: Path
     again = backend(tmp_path, "  algorithm: random\n  trials: 3\n")
     objective = Scripted()
     again.run(objective, lambda: None)  # type: ignore[arg-type]
-    assert [n for n, *_ in objective.calls] == [0, 1, 2] and again.counts() == (3, 0, 0)
+    assert [n for n, *_ in objective.calls] == [0, 1, 2] and again.counts()["finished"] == 3
 
 
 def test_timeout_stops_starting_trials(tmp_path: Path) -> None:

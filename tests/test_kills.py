@@ -411,7 +411,7 @@ def test_keras_tuner_state_is_never_half_written(tmp_path: Path, monkeypatch: py
     """KerasTuner truncates its state files and rewrites them in place; a kill in between left an empty
     oracle.json or trial.json, and every rerun refused the project. A save cut short now leaves the old file."""
     from nas.backends.keras_tuner_backend import KerasTunerBackend
-    from nas.objective import TrialResult
+    from nas.trial import TrialResult
     from nas.rundir import RunDir
     from nas.space import SearchSpace
     from nas.spec import parse_spec

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from nas.backends import optuna_backend as ob
-from nas.objective import TrialResult
+from nas.trial import TrialResult
 from nas.space import SearchSpace
 from nas.spec import parse_spec
 
@@ -44,9 +44,9 @@ class Scripted:
         if number in self.invalid:
             return TrialResult("pruned", "block 3: 1x1 input cannot take stride 2", {"epochs_run": 0.0})
         if number in self.fail:
-            return TrialResult("failed", "ValueError: boom", error=True)
+            return TrialResult("failed", "ValueError: boom")
         if number in self.diverge:
-            return TrialResult("failed", "diverged at epoch 1 (loss nan)")
+            return TrialResult("diverged", "diverged at epoch 1 (loss nan)")
         score = 1 - abs(math.log10(params["train.learning_rate"]) + 2.5) / 3
         for epoch in range(1, epochs + 1):
             metrics = {"val_accuracy": score * epoch / epochs, "val_loss": 1 - score}
@@ -103,11 +103,15 @@ def test_failures_do_not_count_and_stop_the_search_at_the_limit(tmp_path: Path) 
     assert len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))) == 2
 
 
-def test_diverged_trials_fail_without_stopping_the_search(tmp_path: Path) -> None:
+def test_diverged_trials_count_without_stopping_the_search(tmp_path: Path) -> None:
     study, objective, reason = run(tmp_path, pruner="none", objective=Scripted(diverge={0, 1, 2, 3}))
     # a verdict on its params, like pruning: it counts toward the budget (told PRUNED), not toward max_failed_trials
     assert reason == "budget" and len(objective.calls) == 6
-    assert [r["state"] for r in sorted(ob.trial_rows(study), key=lambda r: r["trial"])] == ["failed"] * 4 + ["finished"] * 2
+    assert [r["state"] for r in sorted(ob.trial_rows(study), key=lambda r: r["trial"])] == ["diverged"] * 4 + ["finished"] * 2
+    # ... and a study recorded before "diverged" had a name of its own (PRUNED + nas.state "failed") reads the same
+    old = study.get_trials()[0]
+    old.user_attrs[ob.STATE] = "failed"
+    assert ob.trial_state(old) == "diverged"
 
 
 def test_resume_does_not_replay_the_first_sessions_samples(tmp_path: Path) -> None:

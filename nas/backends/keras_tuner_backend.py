@@ -44,6 +44,7 @@ from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.model import HyperbandSpec, Spec
 from nas.tf_setup import silenced_stderr
+from nas.trial import TrialState, tally
 
 with silenced_stderr():  # keras_tuner imports TensorFlow, which prints to fd 2 at import
     import keras_tuner as kt
@@ -52,7 +53,6 @@ PROJECT = "keras_tuner"  # runs/<name>/keras_tuner/
 MARKER = "nas.json"  # in the project: which spec made it
 RECORD = "nas.json"  # in each trial_<id>/: the objective's result (state, reason, metrics, params)
 BUDGET_PREFIX = "tuner/"
-DONE = ("finished", "pruned")
 
 
 def hyperparameters(space: SearchSpace) -> kt.HyperParameters:
@@ -254,16 +254,16 @@ class KerasTunerBackend:
             raise _Unexpected(str(exc)) from exc
         state, reason = result.state, result.reason
         value = result.metrics.get(self.primary.metric, math.nan)
-        if state == "finished" and not math.isfinite(value):
-            state, reason = "failed", f"objective {self.primary.metric} is {value}"
-        record = {"state": state, "reason": reason, "error": bool(result.error), "epochs": epochs, "params": params,
+        if state == TrialState.FINISHED and not math.isfinite(value):
+            state, reason = TrialState.DIVERGED, f"objective {self.primary.metric} is {value}"
+        record = {"state": state.value, "reason": reason, "epochs": epochs, "params": params,
                   "metrics": {k: v for k, v in result.metrics.items() if math.isfinite(v)},
                   **{f"keras_tuner.{k}": v for k, v in budget.items()}}
         atomic_write(self._record_path(trial.trial_id), json.dumps(record, indent=2, default=str))
         self._records[trial.trial_id] = record
-        if state != "finished":
-            self._errors += bool(result.error)
-            raise kt.errors.FailedTrialError(reason or state)  # skip it: no retry
+        if state != TrialState.FINISHED:
+            self._errors += state == TrialState.FAILED
+            raise kt.errors.FailedTrialError(reason or state.value)  # skip it: no retry
         return {self.primary.metric: float(value)}
 
     def _after(self) -> str | None:
@@ -284,20 +284,22 @@ class KerasTunerBackend:
             out.update(max_epochs=self.epochs, factor=self.hyperband.factor)
         return out
 
-    def _state(self, trial_id: str, status: str) -> str:
+    def _state(self, trial_id: str, status: str) -> TrialState:
         record = self._records.get(trial_id)
         if record:
-            return str(record["state"])
-        return {"COMPLETED": "finished", "RUNNING": "interrupted"}.get(status, "failed")
+            if record["state"] == TrialState.FAILED and record.get("error") is False:
+                return TrialState.DIVERGED  # recorded before "diverged" was a state of its own
+            return TrialState(record["state"])
+        return {"COMPLETED": TrialState.FINISHED, "RUNNING": TrialState.INTERRUPTED}.get(status, TrialState.FAILED)
+
+    def _states(self) -> list[TrialState]:
+        return [self._state(tid, t.status) for tid, t in self.tuner.oracle.trials.items()]
 
     def done(self) -> int:
-        # a failure that is no error (divergence) is a verdict on its params and counts, as in the Optuna backend
-        return sum(self._state(tid, t.status) in DONE or self._records.get(tid, {}).get("error") is False
-                   for tid, t in self.tuner.oracle.trials.items())
+        return sum(s.counts for s in self._states())
 
-    def counts(self) -> tuple[int, int, int]:
-        states = [self._state(tid, t.status) for tid, t in self.tuner.oracle.trials.items()]
-        return states.count("finished"), states.count("pruned"), states.count("failed")
+    def counts(self) -> dict[TrialState, int]:
+        return tally(self._states())
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []

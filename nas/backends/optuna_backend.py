@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import TrialState as OptunaState
 
 from nas.errors import NasError
 from nas.objective import TrialObjective
@@ -26,8 +26,9 @@ from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.model import SearchSpec, Spec
+from nas.trial import TrialState, tally
 
-DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
 HEARTBEAT_S, GRACE_S = 5, 20
 OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
 STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
@@ -129,7 +130,7 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
     return study
 
 
-def count(study: optuna.Study, *states: TrialState) -> int:
+def count(study: optuna.Study, *states: OptunaState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
@@ -164,15 +165,15 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
                 trial.set_user_attr(key, result.metrics[key])
         if result.reason:
             trial.set_user_attr("reason", result.reason)
-        trial.set_user_attr(STATE, result.state)  # last: with it, `reclaim` can finish the trial from its attrs
-        # A divergence is a verdict on the params, like pruning: told as PRUNED (the leaderboard still says
-        # failed), it counts toward search.trials, so a search where every trial diverges ends, and TPE learns
-        # from it (TPE ignores FAIL). An error is not: a new trial replaces it, up to max_failed_trials.
-        if result.state == "pruned" or (result.state == "failed" and not result.error):
-            raise optuna.TrialPruned(result.reason)
-        if result.state == "failed":
+        trial.set_user_attr(STATE, result.state.value)  # last: with it, `reclaim` can finish the trial from its attrs
+        # Optuna's COMPLETE + PRUNED are what counts toward search.trials (see TrialState.counts). A divergence is
+        # told as PRUNED: a verdict on the params, so TPE learns from it (TPE ignores FAIL) and a search where
+        # every trial diverges ends. A failure is FAIL: a new trial replaces it, up to max_failed_trials.
+        if result.state == TrialState.FAILED:
             errors += 1
             raise TrialFailed(result.reason)
+        if result.state != TrialState.FINISHED:
+            raise optuna.TrialPruned(result.reason)
         values = result.values(objectives)
         return values[0] if single else values
 
@@ -197,14 +198,16 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
 
 def trial_state(t: optuna.trial.FrozenTrial) -> str:
-    """finished | pruned | failed | interrupted | running | waiting"""
+    """A nas TrialState value, or "running" / "waiting" for a trial still under way."""
     recorded = t.user_attrs.get(STATE)
-    if t.state == TrialState.FAIL:
+    if t.state == OptunaState.FAIL:
         # failed means the objective said so; otherwise Ctrl-C or a dead process cut it off (even one that
         # recorded "finished" but died before Optuna heard: that trial is re-run, so it must not count)
-        return "failed" if recorded == "failed" else "interrupted"
+        return TrialState.FAILED if recorded == TrialState.FAILED else TrialState.INTERRUPTED
+    if t.state == OptunaState.PRUNED and recorded == TrialState.FAILED:
+        return TrialState.DIVERGED  # recorded before "diverged" was a state of its own
     if t.state in DONE_STATES:
-        return recorded or {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned"}[t.state]
+        return recorded or {OptunaState.COMPLETE: TrialState.FINISHED, OptunaState.PRUNED: TrialState.PRUNED}[t.state]
     return t.state.name.lower()
 
 
@@ -230,19 +233,19 @@ def reclaim(study: optuna.Study, spec: Spec, owner: str | None, local: bool) -> 
     """
     objectives = spec.search.objectives
     requeued = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         stamp = t.user_attrs.get(OWNER)
         if not (stamp == owner if stamp else local):
             continue
         recorded = t.user_attrs.get(STATE)
         values = [t.user_attrs.get(o.metric) for o in objectives]
         try:
-            if recorded == "finished" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            if recorded == TrialState.FINISHED and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 study.tell(t.number, values if len(values) > 1 else values[0])
-            elif recorded in ("pruned", "failed"):
-                study.tell(t.number, state=TrialState.PRUNED if recorded == "pruned" else TrialState.FAIL)
+            elif recorded in (TrialState.PRUNED, TrialState.DIVERGED, TrialState.FAILED):
+                study.tell(t.number, state=OptunaState.FAIL if recorded == TrialState.FAILED else OptunaState.PRUNED)
             else:
-                study.tell(t.number, state=TrialState.FAIL)
+                study.tell(t.number, state=OptunaState.FAIL)
                 retry_dead_trial(study, t)
                 requeued.append(t.number)
         except ValueError:  # settled meanwhile by another process's heartbeat check ("Cannot tell a FAIL trial")
@@ -288,10 +291,8 @@ class OptunaBackend:
     def done(self) -> int:
         return count(self.study, *DONE_STATES)
 
-    def counts(self) -> tuple[int, int, int]:
-        """(finished, pruned, failed); interrupted trials are none of these"""
-        states = [trial_state(t) for t in self.study.get_trials(deepcopy=False)]
-        return states.count("finished"), states.count("pruned"), states.count("failed")
+    def counts(self) -> dict[TrialState, int]:
+        return tally(trial_state(t) for t in self.study.get_trials(deepcopy=False))
 
     def rows(self) -> list[dict[str, Any]]:
         return trial_rows(self.study)

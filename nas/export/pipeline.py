@@ -28,6 +28,7 @@ from nas.errors import NasError
 from nas.export.source import ExportSource, candidate, choose
 from nas.rundir import RunDir, atomic_write, claim_for_export
 from nas.tf_setup import silenced_stderr
+from nas.trial import trial_seed
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,12 @@ def _digest(path: Path) -> tuple[str, int, int]:
 
 def _fit(model: Any, cand: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
          callbacks: list[Any] | None = None) -> None:
-    import keras
-
     from nas.data.pipeline import Augmentation, train_dataset
     from nas.data.splits import Split
-    from nas.train import make_optimizer
+    from nas.train import compile_for_training
 
     cfg = cand.train
-    model.compile(optimizer=make_optimizer(cfg),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    compile_for_training(model, cfg)
     ds = train_dataset(Split(x, y), num_classes=cand.arch.num_classes, batch_size=cfg.batch_size,
                        augmentation=Augmentation(**cfg.augment), pixel_max=cand.arch.pixel_max, seed=seed)
     model.fit(ds, epochs=epochs, callbacks=callbacks or [], shuffle=False, verbose=0)
@@ -106,7 +103,7 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
                       f"was measured on {searched} ({src.run.meta}): the data changed since the search, so this "
                       "export's test accuracies are not comparable with best/metrics.json")
     cand = candidate(src, info)
-    seed = src.loaded.spec.search.seed + src.trial
+    seed = trial_seed(src.loaded.spec.search.seed, src.trial)  # the winner's own trial seed
     epochs = cfg.retrain_epochs or src.loaded.spec.train.epochs
 
     from nas.tf_setup import prepare_tensorflow

@@ -167,6 +167,8 @@ class SearchSpec(Section):
     trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors gets a replacement); a rerun resumes up to this. "
                         "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and factor)")
     timeout: Duration = Field(None, description="stop starting new trials after this long, e.g. 30m, 2h")
+    trial_timeout: Duration = Field(None, description="fail a trial that trains longer than this (e.g. 20m) and replace "
+                                    "its worker; the search goes on")
     seed: int = Field(0, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_accuracy")], min_length=1)
     startup_trials: int = Field(5, ge=0, description="trials sampled at random before the sampler and pruner kick in")
