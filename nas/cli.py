@@ -13,8 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 
 from nas import __version__
@@ -31,7 +31,7 @@ app = typer.Typer(
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-SpecArg = Annotated[Path, typer.Argument(help="the YAML search space, e.g. search_spaces/digits.yaml", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="the YAML search space, e.g. search_spaces/digits.yaml", show_default=False)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="where run directories and the MLflow store live")]
 
 
@@ -96,7 +96,7 @@ def search(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="a finished search's run directory, e.g. runs/fashion_mnist", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a finished search's run directory, e.g. runs/fashion_mnist", show_default=False)],
     trial: Annotated[Optional[int], typer.Option(help="export this trial instead of the best one")] = None,
     formats: Annotated[Optional[str], typer.Option(help="comma-separated: keras,saved_model,tflite-float32,"
                                                          "tflite-float16,tflite-dynamic,tflite-int8,onnx")] = None,
@@ -124,7 +124,7 @@ def export(
 
 @app.command()
 def ui(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="a search's run directory, e.g. runs/digits "
+    run_dir: Annotated[Optional[Path], typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits "
                                                            "(default: the latest under --runs-dir)", show_default=False)] = None,
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
@@ -140,7 +140,7 @@ def ui(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="a search's run directory, e.g. runs/digits", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits", show_default=False)],
 ) -> None:
     """Write RUN_DIR/report/index.html: one offline page of figures and tables; logged to MLflow too."""
     from nas.report import write_report
@@ -152,7 +152,7 @@ def report(
 
 @app.command()
 def status(
-    run_dir: Annotated[Path, typer.Argument(help="a search's run directory, e.g. runs/digits", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits", show_default=False)],
     top: Annotated[int, typer.Option(min=1, help="leaderboard rows to show")] = 10,
 ) -> None:
     """Progress and leaderboard of a search, also while it runs (read-only: never disturbs it)."""
@@ -179,6 +179,26 @@ def schema(
         print(text)
 
 
+def _usage_error(exc: TyperException, argv: list[str]) -> None:
+    """A command-line mistake: the message (with click's did-you-mean), the command's usage, where help is; exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message()
+    possible = getattr(exc, "possibilities", None)
+    if possible and "(Possible options:" in message:  # click's hint, in the did-you-mean form the spec errors use
+        message = f"{message.split(' (Possible options:')[0]}. Did you mean {' or '.join(sorted(possible))}?"
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(message, markup=False, soft_wrap=True)
+    if ctx is not None:
+        err_console.print(ctx.get_usage(), markup=False, soft_wrap=True)
+    where = ctx.command_path if ctx is not None else "nas" + "".join(f" {a}" for a in argv[:1] if a in app_commands())
+    err_console.print(f"Run '{where} --help' for its arguments and options.", markup=False)
+    sys.exit(exc.exit_code if exc.exit_code != 1 else 2)
+
+
+def app_commands() -> set[str]:
+    return {c.name or c.callback.__name__ for c in app.registered_commands if c.callback}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
@@ -187,12 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         if code == 130:  # Typer turns a Ctrl-C inside a command into this return value instead of raising
             err_console.print("interrupted")
             sys.exit(130)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except TyperException as exc:  # Typer's (vendored) click errors: unknown command or option, bad or missing value
+        _usage_error(exc, [a for a in args if not a.startswith('-')])
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
     except NasError as exc:
