@@ -48,3 +48,31 @@ def tiny_spec(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory):
+    """One tiny digits search through the real CLI, shared by the ui, report and status tests (read it, never
+    write to it): returns the run directory runs/tiny."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("finished_search")
+    spec = root / "tiny.yaml"
+    spec.write_text(TINY_SPEC.format(name="tiny", epochs=2, trials=4, seed=0))
+    r = subprocess.run([sys.executable, "-m", "nas", "search", str(spec), "--runs-dir", str(root / "runs")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return root / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by scripts/ensure_chromium.sh when missing (as root, with apt)."""
+    import subprocess
+
+    r = subprocess.run(["bash", str(REPO / "scripts" / "ensure_chromium.sh")], capture_output=True, text=True,
+                       timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"chromium is needed for the browser tests and could not be installed:\n{r.stderr[-2000:]}")
+    return r.stdout.strip().splitlines()[-1]

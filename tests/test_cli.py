@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,36 +96,6 @@ def test_schema_is_json_with_every_section(tmp_path: Path) -> None:
 def test_ui_without_a_store_says_what_to_do(tmp_path: Path) -> None:
     r = nas("ui", "--runs-dir", tmp_path)
     assert r.returncode == 2 and "run `nas search <spec>` first" in r.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.slow
-def test_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
-    from nas.tracking import MlflowTracker, default_tracking_uri
-
-    MlflowTracker(default_tracking_uri(tmp_path), "demo")  # creates runs/mlflow.db with one experiment
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "ui", "--runs-dir", str(tmp_path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline, body = time.monotonic() + 90, ""
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10",
-                                            timeout=2) as resp:
-                    body = resp.read().decode()
-                    break
-            except OSError:
-                time.sleep(1)
-        assert '"name": "demo"' in body or '"name":"demo"' in body, body
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
 
 
 def test_ctrl_c_in_any_command_exits_130(monkeypatch, capsys) -> None:

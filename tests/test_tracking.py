@@ -336,11 +336,3 @@ def test_file_store_is_refused_unless_allowed(tmp_path: Path, monkeypatch: pytes
         T.check_tracking_uri(tmp_path.as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     T.check_tracking_uri(tmp_path.as_uri())
-
-
-def test_ui_command_binds_localhost_with_one_worker(tmp_path: Path) -> None:
-    argv = T.ui_command("sqlite:////x/mlflow.db", tmp_path / "mlartifacts", port=5123)
-    assert argv[:4] == [sys.executable, "-m", "mlflow", "server"]
-    pairs = dict(zip(argv[4::2], argv[5::2], strict=True))
-    assert pairs == {"--backend-store-uri": "sqlite:////x/mlflow.db", "--host": "127.0.0.1", "--port": "5123",
-                     "--workers": "1", "--artifacts-destination": str((tmp_path / "mlartifacts").resolve())}

@@ -1,0 +1,159 @@
+"""`nas ui` as a user meets it: a real MLflow server over a finished search, loaded in headless Chromium.
+
+One server per module (starting one takes 10-30 s); the SIGTERM test runs last and stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.browser import render
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class UI:
+    def __init__(self, run_dir: Path, port: int):
+        self.port = port
+        self.proc = subprocess.Popen([sys.executable, "-m", "nas", "ui", str(run_dir), "--port", str(port)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "COLUMNS": "400"})
+        self.out: list[str] = []
+        deadline = time.monotonic() + 240
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.out.append(line)
+            if "viewStateShareKey" in line:
+                self.link = line.strip()
+                return
+        self.stop()
+        raise AssertionError("nas ui printed no link:\n" + "".join(self.out))
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            me = psutil.Process(self.proc.pid)
+            return [me, *me.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def ui(finished_search: Path):
+    server = UI(finished_search, _free_port())
+    yield server
+    pids = [p.pid for p in server.tree()]
+    server.stop()
+    for pid in pids:  # never leave a server behind, whatever a test did
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _client(run_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}")
+
+
+def test_link_opens_the_trials_best_first_with_val_accuracy(ui: UI, finished_search: Path, chromium: str,
+                                                            tmp_path: Path) -> None:
+    assert ui.link.startswith(f"http://127.0.0.1:{ui.port}/#/experiments/") and "workflowType=machine_learning" in ui.link
+    page = render(chromium, ui.link, tmp_path / "runs.png")
+    board = pd.read_csv(finished_search / "leaderboard.csv")  # best first
+    dom = page.dom
+    assert "val_accuracy" in dom and "Model training" in dom, page.screenshot
+    positions = []
+    for _, row in board.iterrows():
+        name = f"trial-{int(row['trial']):03d}"
+        assert name in dom, (name, page.screenshot)
+        positions.append(dom.index(name))
+        assert f"{row['val_accuracy']:.10f}"[:6] in dom, (row["val_accuracy"], page.screenshot)
+    assert positions == sorted(positions), f"trials not best first in {page.screenshot}"
+    assert "depth" in dom  # a main param as a column
+    # MLflow knows the experiment as a model-training one, with a description
+    exp = _client(finished_search).get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "nas search" in exp.tags["mlflow.note.content"]
+
+
+def test_compare_page_of_two_trials_shows_params_and_metrics(ui: UI, finished_search: Path, chromium: str,
+                                                             tmp_path: Path) -> None:
+    from nas.ui import compare_url
+
+    client = _client(finished_search)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.`nas.kind` = 'trial'", order_by=["metrics.val_accuracy DESC"])
+    a, b = runs[0], runs[-1]
+    page = render(chromium, compare_url(f"http://127.0.0.1:{ui.port}", exp.experiment_id, [a.info.run_id, b.info.run_id]),
+                  tmp_path / "compare.png")
+    dom = page.dom
+    for run in (a, b):
+        assert run.info.run_name in dom, page.screenshot
+        assert run.data.params["train.learning_rate"][:6] in dom, page.screenshot
+        assert f">{round(run.data.metrics['val_accuracy'], 3)}<" in dom, page.screenshot  # the UI shows 3 decimals
+    assert "val_accuracy" in dom and "train.learning_rate" in dom
+
+
+def test_server_listens_on_loopback_only(ui: UI) -> None:
+    """The address the server's sockets are bound to, not the argv nas built."""
+    listening = [c for p in ui.tree() for c in p.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == ui.port]
+    assert listening, "nothing in the nas ui process tree listens on the port"
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}
+
+
+def test_busy_port_is_a_clear_error(finished_search: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "nas", "ui", str(finished_search), "--port", str(port)],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and f"--port {port + 1}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_run_dir_is_a_clear_error(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "nas", "ui", str(tmp_path / "nope")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "no such run directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigterm_stops_the_server_it_started(ui: UI) -> None:
+    """Last: a service manager's SIGTERM to `nas ui` ends mlflow server and its workers; the port is free."""
+    tree = ui.tree()
+    assert any("mlflow" in " ".join(p.cmdline()) for p in tree[1:])
+    ui.proc.send_signal(signal.SIGTERM)
+    assert ui.proc.wait(60) == 0
+    gone, alive = psutil.wait_procs(tree, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", ui.port))
+    assert re.search(r"stopped", ui.proc.stdout.read() if ui.proc.stdout else "")
