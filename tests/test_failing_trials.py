@@ -107,10 +107,10 @@ def test_a_diverging_trial_stops_at_once_and_the_search_goes_on(tmp_path: Path, 
     summary = search_inline(spec, runs, Console(file=out, force_terminal=True, color_system=None, width=200))
 
     # a diverged trial reached a verdict on its params: it counts toward search.trials, like a pruned one
-    assert (summary.stop_reason, summary.counts["finished"], summary.counts["failed"]) == ("budget", 1, 1)
+    assert (summary.stop_reason, summary.counts["finished"], summary.counts["diverged"]) == ("budget", 1, 1)
     rows = board(runs, "mixed")
     assert sorted(rows) == [0, 1]
-    assert rows[0]["state"] == "failed" and DIVERGED.fullmatch(rows[0]["reason"]), rows[0]["reason"]
+    assert rows[0]["state"] == "diverged" and DIVERGED.fullmatch(rows[0]["reason"]), rows[0]["reason"]
     assert rows[0]["epochs_run"] == 1  # of 3
     assert int(builds[0].optimizer.iterations) < STEPS_PER_EPOCH  # stopped inside epoch 1, at the bad batch
     assert rows[1]["state"] == "finished" and rows[1]["epochs_run"] == 3
@@ -118,9 +118,9 @@ def test_a_diverging_trial_stops_at_once_and_the_search_goes_on(tmp_path: Path, 
 
     parent, children = mlflow_runs(runs, "mixed")
     assert children[0].info.status == "FAILED"
-    assert children[0].data.tags["nas.state"] == "failed" and children[0].data.tags["nas.reason"] == rows[0]["reason"]
+    assert children[0].data.tags["nas.state"] == "diverged" and children[0].data.tags["nas.reason"] == rows[0]["reason"]
     assert children[1].info.status == "FINISHED" and parent.info.status == "FINISHED"
-    assert re.search(r"trial +0 failed +diverged at epoch 1 \(loss", out.getvalue())  # the rich progress line
+    assert re.search(r"trial +0 diverged +diverged at epoch 1 \(loss", out.getvalue())  # the rich progress line
 
 
 @pytest.mark.slow
@@ -132,13 +132,13 @@ def test_every_trial_diverging_exits_2_with_the_reasons(tmp_path: Path, runs: Pa
     assert r.returncode == 2, r.stderr + r.stdout
     assert "Traceback" not in r.stderr + r.stdout
     err = " ".join(r.stderr.split())
-    assert "no trial finished, so there is no best model (search complete: 0 finished, 0 pruned, 2 failed)" in err
+    assert "no trial finished, so there is no best model (search complete: 0 finished, 0 pruned, 2 diverged, 0 failed)" in err
     assert re.search(r"Most common reasons: 2 x diverged at epoch 1 \(loss (nan|inf)\); lower train\.learning_rate",
                      err), err
 
     rows = board(runs, "alldiv")
     assert sorted(rows) == [0, 1]
-    assert all(r["state"] == "failed" and DIVERGED.fullmatch(r["reason"]) and r["epochs_run"] == 1
+    assert all(r["state"] == "diverged" and DIVERGED.fullmatch(r["reason"]) and r["epochs_run"] == 1
                for r in rows.values())
     parent, children = mlflow_runs(runs, "alldiv")
     assert parent.info.status == "FAILED"
