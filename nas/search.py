@@ -326,6 +326,10 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
     head = _why(stop_reason, spec.search.max_failed_trials)
     tally = describe_tally(counts)
     console.print(f"[bold]{head}[/] in {elapsed:.0f}s: {tally}")
+    if spec.report:  # also when no trial finished: the report says why; a report error only warns
+        from nas.report import report_after_search
+
+        report_after_search(run_dir.root, console)
     if not finished:
         raise NasError(f"no trial finished, so there is no best model ({head}: {tally}).{_common(reasons(df))}\n"
                        "Fix the space (see `nas validate`) or the training settings, then rerun.")

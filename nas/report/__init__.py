@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 _log = logging.getLogger(__name__)
 
@@ -37,4 +38,17 @@ def write_report(run_dir: str | Path, *, log_to_mlflow: bool = True) -> Path:
                 data.parent_run.info.run_id, str(page), artifact_path="report")
         except Exception as e:  # noqa: BLE001 - the report on disk stands
             _log.warning("the report was written to %s but could not be logged to MLflow: %s", page, e)
+    return page
+
+
+def report_after_search(run_dir: str | Path, console: Any) -> Path | None:
+    """The search's own call at its end: write the report; any failure only warns, the search's results stand."""
+    try:
+        with console.status("writing the report"):
+            page = write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - never lose a search to its report
+        console.print(f"[yellow]warning:[/] the report could not be written ({type(e).__name__}: {e}); "
+                      f"the search's results are complete. Retry with: nas report {run_dir}", soft_wrap=True)
+        return None
+    console.print(f"report: {page}")
     return page

@@ -269,4 +269,6 @@ class Spec(Section):
     search: SearchSpec = SearchSpec()
     tracking: TrackingSpec = TrackingSpec()
     export: ExportSpec = ExportSpec()
+    report: bool = Field(True, description="write runs/<name>/report/index.html when the search completes "
+                                           "(`nas report` writes it any time)")
 
