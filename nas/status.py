@@ -15,8 +15,6 @@ from typing import Any
 
 from rich.console import Console
 
-from nas.errors import NasError
-
 COUNTED = ("finished", "pruned", "diverged")
 
 
@@ -61,8 +59,8 @@ def show(run_dir: Path, console: Console, top: int = 10) -> None:
     done = sum(counts.get(s, 0) for s in COUNTED)
     holder = lock_holder(data.run_dir / ".lock")
     running = running_trials(data.run_dir / "study.db") if holder else []
-    state = (f"[green]running[/] (pid {holder}" + (f", trial {', '.join(map(str, running))} training" if running else "")
-             + ")") if holder else "not running"
+    training = f", trial {', '.join(map(str, running))} training" if running else ""
+    state = f"[green]running[/] (pid {holder}{training})" if holder else "not running"
     tally = ", ".join(f"{n} {s}" for s, n in counts.items())
     console.print(f"[bold]{data.name}[/] ({data.run_dir}): {state}")
     console.print(f"progress: {done} of {total if total is not None else '?'} trials done ({tally})")

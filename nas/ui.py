@@ -15,6 +15,7 @@ SIGTERM, SIGHUP) ends the whole group, and the guard gets SIGTERM from the kerne
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -188,10 +189,8 @@ def busy_message(host: str, port: int, why: str) -> str:
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the group
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: Ctrl-C and SIGTERM still stop the group
-        pass
 
 
 class Server:
@@ -239,18 +238,12 @@ class Server:
     def stop(self, timeout_s: float = 15.0) -> None:
         """End the server's whole process group: SIGTERM, then SIGKILL after `timeout_s`."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the guard's children too, should it have died first
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # the guard's children, should it have died
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc.wait()
 
 
@@ -337,7 +330,8 @@ def run_ui(run_dir: Path | None, runs_dir: Path, tracking_uri: str | None, host:
 
         db = _sqlite_path(uri)
         if db is not None and not db.exists():
-            raise NasError(f"{db}: no MLflow store yet; run `nas search <spec>` first, or pass --runs-dir/--tracking-uri")
+            raise NasError(f"{db}: no MLflow store yet; run `nas search <spec>` first, or pass "
+                           "--runs-dir/--tracking-uri")
     if run_dir is None:
         run_dir = latest_run_dir(runs_dir)
         meta = read_run_meta(run_dir) if run_dir is not None else {}

@@ -6,15 +6,14 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from nas.report.html import SECTIONS
+
 from tests.browser import render
 
 NAS = [sys.executable, "-m", "nas"]
@@ -191,9 +190,8 @@ def test_report_false_is_in_the_spec_and_leaves_the_identity_alone(tmp_path: Pat
 def test_a_failing_report_only_warns_at_the_end_of_a_search(tmp_path: Path, monkeypatch) -> None:
     import io
 
-    from rich.console import Console
-
     import nas.report as report
+    from rich.console import Console
 
     def broken(*a, **k):
         raise RuntimeError("disk full")

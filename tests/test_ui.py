@@ -5,6 +5,7 @@ One server per module (starting one takes 10-30 s); the SIGTERM test runs last a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -69,10 +70,8 @@ def ui(finished_search: Path):
     pids = [p.pid for p in server.tree()]
     server.stop()
     for pid in pids:  # never leave a server behind, whatever a test did
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _client(run_dir: Path):
@@ -83,7 +82,8 @@ def _client(run_dir: Path):
 
 def test_link_opens_the_trials_best_first_with_val_accuracy(ui: UI, finished_search: Path, chromium: str,
                                                             tmp_path: Path) -> None:
-    assert ui.link.startswith(f"http://127.0.0.1:{ui.port}/#/experiments/") and "workflowType=machine_learning" in ui.link
+    assert ui.link.startswith(f"http://127.0.0.1:{ui.port}/#/experiments/")
+    assert "workflowType=machine_learning" in ui.link
     page = render(chromium, ui.link, tmp_path / "runs.png")
     board = pd.read_csv(finished_search / "leaderboard.csv")  # best first
     dom = page.dom
@@ -110,8 +110,8 @@ def test_compare_page_of_two_trials_shows_params_and_metrics(ui: UI, finished_se
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], "tags.`nas.kind` = 'trial'", order_by=["metrics.val_accuracy DESC"])
     a, b = runs[0], runs[-1]
-    page = render(chromium, compare_url(f"http://127.0.0.1:{ui.port}", exp.experiment_id, [a.info.run_id, b.info.run_id]),
-                  tmp_path / "compare.png")
+    url = compare_url(f"http://127.0.0.1:{ui.port}", exp.experiment_id, [a.info.run_id, b.info.run_id])
+    page = render(chromium, url, tmp_path / "compare.png")
     dom = page.dom
     for run in (a, b):
         assert run.info.run_name in dom, page.screenshot

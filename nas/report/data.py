@@ -60,7 +60,7 @@ class SearchData:
             return {s: 0 for s in STATES[:4]}
         vc = self.board["state"].value_counts()
         out = {s: int(vc.get(s, 0)) for s in STATES[:4]}
-        out.update({s: int(n) for s, n in vc.items() if s not in out and n})
+        out.update({str(s): int(n) for s, n in vc.items() if s not in out and n})
         return out
 
     def finished(self) -> pd.DataFrame:
@@ -96,7 +96,8 @@ def load(run_dir: Path, with_mlflow: bool = True) -> SearchData:
         spec = parse_spec((run_dir / "spec.yaml").read_text(), str(run_dir / "spec.yaml"))
     except Exception as e:  # an old or hand-edited copy: the page still shows what the files hold
         notes.append(f"spec.yaml could not be read ({str(e).splitlines()[0][:200]})")
-    objectives = [(o.metric, o.resolved_direction) for o in spec.search.objectives] if spec else [("val_accuracy", "maximize")]
+    objectives: list[tuple[str, str]] = ([(str(o.metric), o.resolved_direction) for o in spec.search.objectives]
+                                         if spec else [("val_accuracy", "maximize")])
     try:
         board = pd.read_csv(run_dir / "leaderboard.csv")
     except (OSError, ValueError, pd.errors.EmptyDataError):
@@ -133,7 +134,7 @@ def _from_mlflow(data: SearchData) -> None:
     data.parent_run = client.get_run(parent_id)
     exp = data.parent_run.info.experiment_id
     runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
-    states = dict(zip(data.board["trial"], data.board["state"])) if not data.board.empty else {}
+    states = dict(zip(data.board["trial"], data.board["state"], strict=False)) if not data.board.empty else {}
     latest: dict[int, Any] = {}
     for run in runs:  # a re-run trial number keeps its latest run
         try:
@@ -164,12 +165,13 @@ def _from_optuna(data: SearchData) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study_db.resolve().as_posix()}", skip_compatibility_check=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_db.resolve().as_posix()}",
+                                             skip_compatibility_check=True)
         names = optuna.get_all_study_names(storage)
         if not names:
             return
         study = optuna.load_study(study_name=names[0], storage=storage)
-        states = dict(zip(data.board["trial"], data.board["state"])) if not data.board.empty else {}
+        states = dict(zip(data.board["trial"], data.board["state"], strict=False)) if not data.board.empty else {}
         for t in study.get_trials(deepcopy=False):
             if t.datetime_start and t.datetime_complete:
                 data.times.setdefault(t.number, (t.datetime_start.timestamp(), t.datetime_complete.timestamp()))
@@ -217,9 +219,11 @@ def pareto(data: SearchData) -> pd.DataFrame:
     if len(metrics) < 2 or done.empty or not set(metrics) <= set(done.columns):
         return done.iloc[0:0]
     signs = [-1.0 if d == "maximize" else 1.0 for _, d in data.objectives]
-    pts = [[s * float(v) for s, v in zip(signs, row)] for row in done[metrics].to_numpy()]
-    keep = [i for i, p in enumerate(pts)
-            if not any(all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p)) for q in pts)]
+    pts = [[s * float(v) for s, v in zip(signs, row, strict=False)] for row in done[metrics].to_numpy()]
+    def dominates(q: list[float], p: list[float]) -> bool:
+        return all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in zip(q, p, strict=True))
+
+    keep = [i for i, p in enumerate(pts) if not any(dominates(q, p) for q in pts)]
     return done.iloc[keep]
 
 

@@ -68,7 +68,7 @@ def history(data: SearchData) -> str | None:
 
 def curves(data: SearchData) -> list[tuple[str, str]]:
     """(metric, svg) per epoch metric: one line per trial; pruned and diverged ones end in a marker."""
-    out = []
+    out: list[tuple[str, str]] = []
     plt = _plt()
     for metric in [m for m in (data.metric, "val_accuracy", "val_loss") if m in data.curves][:2]:
         if any(metric == m for m, _ in out):
@@ -117,8 +117,12 @@ def parallel(data: SearchData) -> str | None:
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             lo, hi = float(s.min()), float(s.max())
             log = c != data.metric and lo > 0 and hi / lo > 20
-            f = (lambda v, lo=lo, hi=hi, log=log: ((math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo)) if log
-                                                    else (v - lo) / (hi - lo)) if hi > lo else 0.5)
+
+            def f(v: float, lo: float = lo, hi: float = hi, log: bool = log) -> float:
+                if hi <= lo:
+                    return 0.5
+                return (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo)) if log else (v - lo) / (hi - lo)
+
             scaled[c] = s.map(lambda v, f=f: math.nan if pd.isna(v) else f(float(v)))
             ticks[c] = (f"{lo:.3g}", f"{hi:.3g}")
         else:

@@ -118,7 +118,7 @@ def importance(d: SearchData) -> str:
         return _note(f"could not compute importances ({type(e).__name__}: {str(e)[:200]})")
     if not values:
         return _note("needs at least 3 finished trials and a parameter that varies among them")
-    return figures.importance(values) + _table(["parameter", "importance"],
+    return (figures.importance(values) or "") + _table(["parameter", "importance"],
                                                [[_e(k), _num(v, ".3f")] for k, v in values.items()], {1})
 
 
@@ -144,7 +144,8 @@ def architectures(d: SearchData, top: int = 3) -> str:
         return _note("no finished trial yet")
     out = []
     for _, row in done.iterrows():
-        head = f"<h3>trial {int(row['trial'])}: {d.metric} {_num(row[d.metric])}, {_num(row.get('params'), ',.0f')} parameters</h3>"
+        head = (f"<h3>trial {int(row['trial'])}: {d.metric} {_num(row[d.metric])}, "
+                f"{_num(row.get('params'), ',.0f')} parameters</h3>")
         try:
             arch = trial_arch(d, row)
             drawn = [f"<div class=blk><b>input</b><span class=shape>{_e('x'.join(map(str, arch.input_shape)))}</span>"
@@ -152,7 +153,8 @@ def architectures(d: SearchData, top: int = 3) -> str:
             for b in blocks(arch):
                 layers = "<br>".join(_e(x) for x in b["layers"])
                 drawn.append(f"<div class=blk><b>{_e(b['name'])}</b>{layers}<br><span class=shape>&rarr; "
-                             f"{_e('x'.join(map(str, b['shape'])))}</span><div class=p>{b['params']:,} params</div></div>")
+                             f"{_e('x'.join(map(str, b['shape'])))}</span>"
+                             f"<div class=p>{b['params']:,} params</div></div>")
             out.append(head + "<div class=arch>" + "<span class=arrow>&rarr;</span>".join(drawn) + "</div>")
         except Exception as e:
             out.append(head + _note(f"could not rebuild its architecture ({type(e).__name__}: {str(e)[:150]})"))
@@ -169,9 +171,11 @@ def export(d: SearchData) -> str:
         a = a if isinstance(a, dict) else {}
         rows.append([_e(name), _e(a.get("status", "-")), _e(a.get("runtime", a.get("format", "-"))),
                      _num(a.get("bytes", math.nan) / 1024 if isinstance(a.get("bytes"), (int, float)) else None, ".1f"),
-                     _num(a.get("test_accuracy")), _num(a.get("top1_agreement")), _num(a.get("latency_ms_median"), ".3f")])
+                     _num(a.get("test_accuracy")), _num(a.get("top1_agreement")),
+                     _num(a.get("latency_ms_median"), ".3f")])
     src = m.get("source", {})
-    return (f"<p>trial {_e(src.get('trial', '-'))}, sparsity {_num((m.get('sparsity') or {}).get('overall'), '.0%')}</p>"
+    sparsity = _num((m.get("sparsity") or {}).get("overall"), ".0%")
+    return (f"<p>trial {_e(src.get('trial', '-'))}, sparsity {sparsity}</p>"
             + _table(["artifact", "status", "runtime", "KB", "test accuracy", "top-1 agreement", "ms / image"], rows,
                      {3, 4, 5, 6}))
 
