@@ -277,7 +277,9 @@ class MlflowTracker:
                     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
                     location = (Path(root).resolve() / safe).as_uri()
             try:
-                return self._client.create_experiment(name, artifact_location=location)
+                # the tag makes MLflow 3's UI open it on its runs ("Model training"), not its GenAI overview
+                return self._client.create_experiment(name, artifact_location=location,
+                                                      tags={"mlflow.experimentKind": "custom_model_development"})
             except MlflowException:  # created by a concurrent process meanwhile
                 exp = self._client.get_experiment_by_name(name)
                 if exp is None:

@@ -157,3 +157,12 @@ def test_sigterm_stops_the_server_it_started(ui: UI) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", ui.port))
     assert re.search(r"stopped", ui.proc.stdout.read() if ui.proc.stdout else "")
+
+
+def test_a_new_experiment_is_a_model_training_one(tmp_path: Path) -> None:
+    """Searches create their experiment with the tag MLflow 3's UI reads to open its runs view."""
+    from nas.tracking import MlflowTracker, default_tracking_uri
+
+    tracker = MlflowTracker(default_tracking_uri(tmp_path), "fresh")
+    exp = _client(tmp_path / "fresh").get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
