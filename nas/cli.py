@@ -11,11 +11,11 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
+from typer.exceptions import TyperException
 
 from nas import __version__
 from nas.errors import NasError
@@ -31,7 +31,8 @@ app = typer.Typer(
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="the YAML search space, e.g. search_spaces/digits.yaml", show_default=False)]
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="the YAML search space, e.g. search_spaces/digits.yaml",
+                                         show_default=False)]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="where run directories and the MLflow store live")]
 
 
@@ -44,14 +45,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks (for bug reports)")] = False,
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
+                                                 help="print the version")] = None,
 ) -> None:
     """Run `nas COMMAND --help` for a command's options."""
 
 
 @app.command()
-def validate(spec: SpecArg) -> None:
-    """Check a spec and its data; print the space, its size, model sizes and impossible shapes."""
+def validate(
+    spec: SpecArg,
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: Annotated[str | None,
+                            typer.Option(help="the MLflow tracking URI `nas search` would be given")] = None,
+) -> None:
+    """Check a spec, its data, the MLflow store and the run dir; print the space, model sizes, impossible shapes."""
     from nas.data_info import load_splits
     from nas.spec import load_spec
     from nas.validate import report
@@ -59,7 +66,8 @@ def validate(spec: SpecArg) -> None:
     loaded = load_spec(spec)
     with err_console.status("loading data"):
         splits, info, description = load_splits(loaded)
-    s = report(loaded, info, description, (len(splits.train.y), len(splits.val.y), len(splits.test.y)), console)
+    s = report(loaded, info, description, (len(splits.train.y), len(splits.val.y), len(splits.test.y)), console,
+               runs_dir=runs_dir, tracking_uri=tracking_uri)
     if s.impossible + s.too_large == s.samples:
         raise NasError(f"{spec}: every sampled architecture is impossible or too large; fix space.depth, "
                        "space.strides, space.pooling or space.max_params")
@@ -70,11 +78,14 @@ def validate(spec: SpecArg) -> None:
 def search(
     spec: SpecArg,
     runs_dir: RunsDir = Path("runs"),
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default: sqlite file in the run dir)")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")] = None,
-    new: Annotated[bool, typer.Option("--new", help="start over: move an existing run dir aside instead of resuming")] = False,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="override search.trials")] = None,
-    timeout: Annotated[Optional[str], typer.Option(help="override search.timeout, e.g. 30m")] = None,
+    storage: Annotated[str | None,
+                       typer.Option(help="Optuna storage URL (default: sqlite file in the run dir)")] = None,
+    tracking_uri: Annotated[str | None,
+                            typer.Option(help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")] = None,
+    new: Annotated[bool, typer.Option("--new",
+                                      help="start over: move an existing run dir aside instead of resuming")] = False,
+    trials: Annotated[int | None, typer.Option(min=1, help="override search.trials")] = None,
+    timeout: Annotated[str | None, typer.Option(help="override search.timeout, e.g. 30m")] = None,
     inline: Annotated[bool, typer.Option("--inline", help="train in this process instead of a worker process")] = False,
 ) -> None:
     """Run (or resume) the search a spec describes; rerunning the same command resumes it."""
@@ -96,11 +107,12 @@ def search(
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a finished search's run directory, e.g. runs/fashion_mnist", show_default=False)],
-    trial: Annotated[Optional[int], typer.Option(help="export this trial instead of the best one")] = None,
-    formats: Annotated[Optional[str], typer.Option(help="comma-separated: keras,saved_model,tflite-float32,"
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a finished search's run directory, e.g. "
+                                                                    "runs/fashion_mnist", show_default=False)],
+    trial: Annotated[int | None, typer.Option(help="export this trial instead of the best one")] = None,
+    formats: Annotated[str | None, typer.Option(help="comma-separated: keras,saved_model,tflite-float32,"
                                                          "tflite-float16,tflite-dynamic,tflite-int8,onnx")] = None,
-    sparsity: Annotated[Optional[float], typer.Option(help="target weight sparsity in [0, 1); 0 skips pruning")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="target weight sparsity in [0, 1); 0 skips pruning")] = None,
 ) -> None:
     """Retrain the winner on train+val, prune, quantize, export (.keras, SavedModel, TFLite, ONNX), measure."""
     from nas.export.pipeline import ExportOptions
@@ -124,11 +136,14 @@ def export(
 
 @app.command()
 def ui(
-    run_dir: Annotated[Optional[Path], typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits "
-                                                           "(default: the latest under --runs-dir)", show_default=False)] = None,
+    run_dir: Annotated[Path | None, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits "
+                                                           "(default: the latest under "
+                                                           "--runs-dir)", show_default=False)] = None,
     runs_dir: RunsDir = Path("runs"),
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
-    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it private to this machine")] = "127.0.0.1",
+    tracking_uri: Annotated[str | None,
+                            typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
+    host: Annotated[str,
+                    typer.Option(help="address to bind; 127.0.0.1 keeps it private to this machine")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 5000,
     open_browser: Annotated[bool, typer.Option("--open", help="open the link in a web browser")] = False,
 ) -> None:
@@ -140,7 +155,8 @@ def ui(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits",
+                                            show_default=False)],
 ) -> None:
     """Write RUN_DIR/report/index.html: one offline page of figures and tables; logged to MLflow too."""
     from nas.report import write_report
@@ -152,7 +168,8 @@ def report(
 
 @app.command()
 def status(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits",
+                                            show_default=False)],
     top: Annotated[int, typer.Option(min=1, help="leaderboard rows to show")] = 10,
 ) -> None:
     """Progress and leaderboard of a search, also while it runs (read-only: never disturbs it)."""
@@ -163,7 +180,7 @@ def status(
 
 @app.command()
 def schema(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write to this file instead of stdout")] = None,
 ) -> None:
     """Write the spec's JSON Schema (for editor completion, e.g. the YAML language server)."""
     from nas.spec.model import Spec

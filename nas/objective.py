@@ -69,13 +69,13 @@ class TrialObjective:
              initial_epoch: int, should_prune: PruneHook | None) -> TrialResult:
         try:
             shape = plan(candidate.arch)
-            if self.max_params and shape.params > self.max_params:
-                raise InvalidArchitecture(
-                    f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
-                    "rejected before training"
-                )
         except InvalidArchitecture as exc:
             return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
+        if self.max_params and shape.params > self.max_params:  # its size stays in the leaderboard: say how large
+            return TrialResult(TrialState.PRUNED, metrics={"epochs_run": 0.0, "params": float(shape.params),
+                                                           "flops": float(shape.flops)},
+                               reason=f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
+                                      "rejected before training")
         self.reporter.trial_started(number, shape.params)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> str:

@@ -10,10 +10,10 @@ import os
 import random
 import re
 import sqlite3
-from contextlib import closing
-from pathlib import Path
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -123,11 +123,9 @@ def _creatable(path: Path) -> str | None:
 
 
 def _store_uri(loaded: LoadedSpec, runs_dir: Path, tracking_uri: str | None) -> str:
-    uri = tracking_uri or loaded.spec.tracking.uri
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative: as `nas search`
-        base = loaded.base_dir if not tracking_uri else Path.cwd()
-        uri = f"sqlite:///{(base / uri.removeprefix('sqlite:///')).resolve().as_posix()}"
-    return uri or f"sqlite:///{(runs_dir.resolve() / 'mlflow.db').as_posix()}"
+    from nas.search import SearchOptions, resolve_tracking_uri  # the one rule, as `nas search` applies it
+
+    return resolve_tracking_uri(loaded, SearchOptions(runs_dir=runs_dir, tracking_uri=tracking_uri))
 
 
 def check_store(loaded: LoadedSpec, runs_dir: Path = Path("runs"), tracking_uri: str | None = None) -> str:
@@ -189,7 +187,8 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
            console: Console, runs_dir: Path = Path("runs"), tracking_uri: str | None = None) -> Survey:
     outputs = [check_store(loaded, runs_dir, tracking_uri), check_run_dir(loaded, runs_dir)]
     space = SearchSpace(loaded.spec)
-    t = Table(title=f"search space of {loaded.spec.name!r} ({len(space.dims)} searched dimensions)", title_justify="left")
+    t = Table(title=f"search space of {loaded.spec.name!r} ({len(space.dims)} searched dimensions)",
+              title_justify="left")
     t.add_column("dimension")
     t.add_column("values")
     for name, text in _grouped_rows(space):
@@ -213,7 +212,8 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
     for reason, n in s.reasons:
         console.print(f"  {n} x {reason}")
     if s.impossible + s.too_large == s.samples:
-        console.print("[bold red]every sampled architecture is impossible[/]: lower depth or strides, or raise max_params")
+        console.print("[bold red]every sampled architecture is impossible[/]: lower depth or strides, or raise "
+                      "max_params")
     for line in outputs:
         console.print(line, soft_wrap=True)  # paths and URIs stay whole, copyable
     return s

@@ -266,7 +266,7 @@ def test_an_error_in_the_worker_fails_one_trial_and_a_fresh_worker_runs_the_next
         assert "Traceback (most recent call last)" in failed.traceback
         ok = runner.run(TrialTask(1, good, seed=1, epochs=1), lambda e, m: "continue")
         assert runner._proc.pid != pid  # an error may leave TensorFlow broken: the worker was replaced
-        assert ok.state == "finished" and ok.epochs_run == 1
+        assert ok.state == "finished" and ok.metrics["epochs_run"] == 1
     finally:
         runner.close()
 

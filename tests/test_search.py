@@ -89,7 +89,7 @@ def test_max_params_rejects_large_models_before_training(mo: dict[str, Any]) -> 
     for t in large:
         assert board.loc[t, "state"] == "pruned"
         assert board.loc[t, "reason"] == f"{sizes[t]:,} parameters exceed space.max_params 3,000; rejected before training"
-        assert board.loc[t, "epochs_run"] == 0
+        assert board.loc[t, "epochs_run"] == 0 and board.loc[t, "params"] == sizes[t]  # its size is shown
     assert all(board.loc[t, "state"] == "finished" for t in sizes if t not in large)
     assert all(m.count_params() <= MAX_PARAMS for m in mo["built"])  # never built for training
 

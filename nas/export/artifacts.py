@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np
 
     def record(name: str, make: Callable[[], Path], run: Callable[[Path], measure.Measurement]) -> None:
         with console.status(f"{name}: converting and measuring"), silenced_stderr():
+            path: Path | None = None
             try:
                 path = make()
                 m = run(path)
@@ -43,6 +45,9 @@ def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np
                     results[name]["input"] = measure.tflite_input_contract(path)
             except Exception as exc:  # one failing converter never loses the others
                 results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()[:500]}"}
+                if path is not None and path.is_file():  # converted but unusable (tf2onnx's Erfc for GELU): not shipped
+                    path.unlink()
+                    results[name]["removed"] = path.name
 
     if "keras" in formats:
         record("keras", lambda: convert.save_keras(model, out),
@@ -58,11 +63,12 @@ def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np
             err = {"status": "failed", "error": f"SavedModel export failed: {type(exc).__name__}: {exc}"}
             results.update({f: dict(err) for f in formats if f == "saved_model" or f.startswith("tflite-")})
     if saved is not None and "saved_model" in formats:
-        record("saved_model", lambda: saved,  # type: ignore[arg-type, return-value]
+        record("saved_model", lambda: saved,
                lambda p: measure.measure_saved_model(p, x_test, y_test, ref.predictions, runs))
     for mode in tflite if saved is not None else []:
-        record(mode, lambda mode=mode: convert.to_tflite(saved, mode, out, calibration=x_calib,  # type: ignore[misc]
-                                                         samples=cfg.calibration_samples, seed=seed, int8_io=cfg.int8_io),
+        assert saved is not None  # the loop runs only then
+        record(mode, partial(convert.to_tflite, saved, mode, out, calibration=x_calib,
+                             samples=cfg.calibration_samples, seed=seed, int8_io=cfg.int8_io),
                lambda p: measure.measure_tflite(p, x_test, y_test, ref.predictions, runs))
     if scratch:
         shutil.rmtree(scratch, ignore_errors=True)

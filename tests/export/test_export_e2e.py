@@ -171,3 +171,5 @@ def test_after_search_exports_a_gelu_winner_with_float_io_and_onnx_failed(tmp_pa
     onnx = m["artifacts"]["onnx"]
     assert onnx["status"] == "failed", onnx  # README: exact GELU does not convert; the manifest says so
     assert "Erf" in onnx["error"] or "Gelu" in onnx["error"], onnx
+    # a converted-but-unloadable model.onnx is not left beside the good artifacts
+    assert not (tmp_path / "runs" / "gelu" / "export" / "model.onnx").exists()
