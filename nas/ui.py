@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -229,8 +230,12 @@ class Server:
         text = self._last()
         if "address already in use" in text.lower() or "errno 98" in text.lower():
             return busy_message(self.host, self.port, "address already in use")
-        return (f"nas ui: the MLflow server exited with code {self.proc.returncode} before answering. Its last "
-                f"output:\n{text}\nFix: check the tracking store (--tracking-uri, --runs-dir) and the port")
+        lines = [line.strip() for line in self.tail if line.strip()]
+        errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+        cause = (errors or lines or ["no output"])[-1]
+        return (f"nas ui: the MLflow server for {self.host}:{self.port} exited with code {self.proc.returncode} "
+                f"before answering: {cause[:500]}. Fix: check the tracking store it serves (--tracking-uri, "
+                f"--runs-dir), or try another port (--port {self.port + 1})")
 
     def _last(self) -> str:
         return "\n".join(list(self.tail)[-15:]) or "(no output)"

@@ -139,6 +139,15 @@ def test_busy_port_is_a_clear_error(finished_search: Path) -> None:
     assert f"127.0.0.1:{port}" in r.stderr and f"--port {port + 1}" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_server_that_fails_to_start_is_a_clear_error() -> None:
+    port = _free_port()
+    r = subprocess.run([sys.executable, "-m", "nas", "ui", "--tracking-uri", "bogus://nowhere", "--port", str(port)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "bogus://nowhere" in r.stderr and "Fix:" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_unknown_run_dir_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "nas", "ui", str(tmp_path / "nope")], capture_output=True, text=True,
                        timeout=60)
