@@ -175,3 +175,17 @@ def test_a_new_experiment_is_a_model_training_one(tmp_path: Path) -> None:
     tracker = MlflowTracker(default_tracking_uri(tmp_path), "fresh")
     exp = _client(tmp_path / "fresh").get_experiment(tracker.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_latest_run_dir_is_the_last_started_search_with_an_mlflow_run(tmp_path: Path) -> None:
+    import json
+
+    from nas.ui import latest_run_dir
+
+    assert latest_run_dir(tmp_path) is None
+    for i, (name, meta) in enumerate([("old", {"mlflow_parent_run_id": "a"}), ("new", {"mlflow_parent_run_id": "b"}),
+                                      ("untracked", {})]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps(meta))
+        os.utime(tmp_path / name / "run.json", (1000 + i, 1000 + i))
+    assert latest_run_dir(tmp_path) == tmp_path / "new"
