@@ -317,6 +317,7 @@ if __name__ == "__main__" and len(sys.argv) > 2 and sys.argv[1] == "--guard":
 def run_ui(run_dir: Path | None, runs_dir: Path, tracking_uri: str | None, host: str, port: int, open_browser: bool,
            console: Any) -> None:
     """`nas ui [RUN_DIR]`: serve the store, print (and open) the link to the search's trials; until stopped."""
+    check_port(host, port)  # before anything slow: a busy port is the commonest mistake
     from nas.tracking import default_artifact_root, default_tracking_uri, ui_command
 
     meta: dict[str, Any] = {}
