@@ -1,4 +1,4 @@
-"""The `nas` command line: validate, search, export, ui, report, status, schema.
+"""The `nas` command line: validate, search, export, ui, report, status, dashboard, schema.
 
 Heavy libraries (TensorFlow, MLflow, Optuna) are imported inside the commands that need them, so
 `nas --help` and `nas validate` answer quickly. Every user mistake ends as one message and exit code 2;
@@ -176,6 +176,19 @@ def status(
     from nas.status import show
 
     show(run_dir, console, top=top)
+
+
+@app.command()
+def dashboard(
+    run_dir: Annotated[Path, typer.Argument(help="an Optuna search's run directory, e.g. runs/digits",
+                                            show_default=False)],
+    host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it private")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8080,
+) -> None:
+    """optuna-dashboard over a search's Optuna study (an extra: pip install optuna-dashboard). Ctrl-C stops it."""
+    from nas.dashboard import run_dashboard
+
+    run_dashboard(run_dir, host, port, console)
 
 
 @app.command()

@@ -172,7 +172,7 @@ def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
 # --- the server ------------------------------------------------------------------------------------------
 
 
-def check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, cmd: str = "nas ui") -> None:
     """Fail before starting anything when the port is taken (bound like uvicorn binds: SO_REUSEADDR)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -180,12 +180,12 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise NasError(busy_message(host, port, e.strerror or str(e))) from None
+            raise NasError(busy_message(host, port, e.strerror or str(e), cmd)) from None
 
 
-def busy_message(host: str, port: int, why: str) -> str:
-    return (f"nas ui: cannot listen on {host}:{port} ({why}); another program (perhaps an earlier `nas ui`) "
-            f"holds port {port}. Fix: pass a free port, e.g. `nas ui --port {port + 1}`, or stop what listens "
+def busy_message(host: str, port: int, why: str, cmd: str = "nas ui") -> str:
+    return (f"{cmd}: cannot listen on {host}:{port} ({why}); another program (perhaps an earlier `{cmd}`) "
+            f"holds port {port}. Fix: pass a free port, e.g. `{cmd} --port {port + 1}`, or stop what listens "
             f"there (`ss -ltnp 'sport = :{port}'` shows it)")
 
 
@@ -197,8 +197,8 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
 class Server:
     """`mlflow server` under the guard (see `guard`), its output kept for error messages."""
 
-    def __init__(self, argv: list[str], host: str, port: int):
-        self.host, self.port = host, port
+    def __init__(self, argv: list[str], host: str, port: int, label: str = "nas ui: the MLflow server"):
+        self.host, self.port, self.label = host, port, label
         self.tail: collections.deque[str] = collections.deque(maxlen=40)
         self.proc = subprocess.Popen([sys.executable, "-m", "nas.ui", "--guard", *argv], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -210,7 +210,7 @@ class Server:
         for line in self.proc.stdout:
             self.tail.append(line.rstrip())
 
-    def wait_ready(self, url: str, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, url: str, timeout_s: float = 120.0, probe: str = "/health") -> None:
         """Until the server answers; NasError if it exits first or never answers."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -218,22 +218,22 @@ class Server:
                 time.sleep(0.2)  # let the reader take the last lines
                 raise NasError(self.failure())
             try:
-                with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=2):
+                with urllib.request.urlopen(url.rstrip("/") + probe, timeout=2):
                     return
             except OSError:
                 time.sleep(0.5)
         self.stop()
-        raise NasError(f"nas ui: the MLflow server did not answer at {url} within {timeout_s:.0f} s. Its last "
+        raise NasError(f"{self.label} did not answer at {url} within {timeout_s:.0f} s. Its last "
                        f"output:\n{self._last()}\nFix: rerun with another --port, or check the store")
 
     def failure(self) -> str:
         text = self._last()
         if "address already in use" in text.lower() or "errno 98" in text.lower():
-            return busy_message(self.host, self.port, "address already in use")
+            return busy_message(self.host, self.port, "address already in use", self.label.split(":")[0])
         lines = [line.strip() for line in self.tail if line.strip()]
         errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
         cause = (errors or lines or ["no output"])[-1]
-        return (f"nas ui: the MLflow server for {self.host}:{self.port} exited with code {self.proc.returncode} "
+        return (f"{self.label} for {self.host}:{self.port} exited with code {self.proc.returncode} "
                 f"before answering: {cause[:500]}. Fix: check the tracking store it serves (--tracking-uri, "
                 f"--runs-dir), or try another port (--port {self.port + 1})")
 
@@ -252,9 +252,10 @@ class Server:
         self.proc.wait()
 
 
-def serve(argv: list[str], host: str, port: int, on_ready: Callable[[str], None]) -> int:
+def serve(argv: list[str], host: str, port: int, on_ready: Callable[[str], None], probe: str = "/health",
+          label: str = "nas ui: the MLflow server") -> int:
     """Run the server until Ctrl-C, SIGTERM or SIGHUP (each stops it: exit 130), or until it exits by itself."""
-    check_port(host, port)
+    check_port(host, port, label.split(":")[0])
     base = f"http://{'localhost' if host in ('0.0.0.0', '::') else host}:{port}"
     stopped: list[int] = []
 
@@ -266,11 +267,11 @@ def serve(argv: list[str], host: str, port: int, on_ready: Callable[[str], None]
     previous = {s: signal.signal(s, on_signal) for s in sigs}
     server: Server | None = None
     try:
-        server = Server(argv, host, port)
-        server.wait_ready(base)
+        server = Server(argv, host, port, label)
+        server.wait_ready(base, probe=probe)
         on_ready(base)
         code = server.proc.wait()
-        raise NasError(f"nas ui: the MLflow server on port {port} stopped by itself (exit {code}). Its last "
+        raise NasError(f"{label} on port {port} stopped by itself (exit {code}). Its last "
                        f"output:\n{server._last()}")
     except KeyboardInterrupt:
         return 130

@@ -189,3 +189,46 @@ def test_latest_run_dir_is_the_last_started_search_with_an_mlflow_run(tmp_path: 
         (tmp_path / name / "run.json").write_text(json.dumps(meta))
         os.utime(tmp_path / name / "run.json", (1000 + i, 1000 + i))
     assert latest_run_dir(tmp_path) == tmp_path / "new"
+
+
+def test_dashboard_serves_the_study_and_stops(finished_search: Path) -> None:
+    pytest.importorskip("optuna_dashboard")
+    import json
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", str(finished_search), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        out = [proc.stdout.readline() for _ in range(2)]
+        assert f"http://127.0.0.1:{port}" in "".join(out), out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as resp:
+            studies = json.loads(resp.read())["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["tiny"]
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert not psutil.wait_procs(tree, timeout=20)[1]
+
+
+def test_dashboard_without_the_extra_or_a_study_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    from nas.dashboard import run_dashboard
+    from nas.errors import NasError
+    from rich.console import Console
+
+    run = tmp_path / "optuna"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "study.db").write_bytes(b"")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(NasError, match=r"pip install 'optuna-dashboard==0.21.0'"):
+        run_dashboard(run, "127.0.0.1", _free_port(), Console(file=io.StringIO()))
+    kt = tmp_path / "kt"
+    (kt / "keras_tuner").mkdir(parents=True)
+    (kt / "run.json").write_text("{}")
+    with pytest.raises(NasError, match="KerasTuner search has no Optuna study"):
+        run_dashboard(kt, "127.0.0.1", _free_port(), Console(file=io.StringIO()))
