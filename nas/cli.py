@@ -57,6 +57,8 @@ def validate(
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: Annotated[str | None,
                             typer.Option(help="the MLflow tracking URI `nas search` would be given")] = None,
+    budget: Annotated[str | None, typer.Option(help="print the plan for this budget (e.g. 30m): a probe of a few "
+                                                    "batches, no trial")] = None,
 ) -> None:
     """Check a spec, its data, the MLflow store and the run dir; print the space, model sizes, impossible shapes."""
     from nas.data_info import load_splits
@@ -71,6 +73,16 @@ def validate(
     if s.impossible + s.too_large == s.samples:
         raise NasError(f"{spec}: every sampled architecture is impossible or too large; fix space.depth, "
                        "space.strides, space.pooling or space.max_params")
+    seconds = _seconds("--budget", budget) or loaded.spec.search.budget
+    if seconds:
+        from nas.search import plan_budget
+        from nas.worker import InlineRunner
+
+        with err_console.status("probing the cheapest and the dearest candidates"):
+            plan = plan_budget(loaded.spec, info, splits, InlineRunner(splits, loaded.spec.train.deterministic),
+                               seconds)
+        for line in plan.lines():
+            console.print(line, markup=False)
     console.print(f"[green]ok[/]: {spec} is valid")
 
 
@@ -86,23 +98,31 @@ def search(
                                       help="start over: move an existing run dir aside instead of resuming")] = False,
     trials: Annotated[int | None, typer.Option(min=1, help="override search.trials")] = None,
     timeout: Annotated[str | None, typer.Option(help="override search.timeout, e.g. 30m")] = None,
+    budget: Annotated[str | None, typer.Option(help="override search.budget: the whole search ends by then, e.g. "
+                                                    "30m")] = None,
     inline: Annotated[bool, typer.Option("--inline", help="train in this process instead of a worker process")] = False,
 ) -> None:
     """Run (or resume) the search a spec describes; rerunning the same command resumes it."""
     from nas.search import SearchOptions, run
+
+    opts = SearchOptions(runs_dir=runs_dir, storage=storage, tracking_uri=tracking_uri, new=new, trials=trials,
+                         timeout=_seconds("--timeout", timeout), budget=_seconds("--budget", budget), inline=inline)
+    run(spec, opts, console)
+
+
+def _seconds(flag: str, raw: str | None) -> float | None:
+    """A duration flag (90s, 30m, 2h, 1h30m) in seconds."""
     from nas.spec.model import _duration
 
-    seconds = None
-    if timeout is not None:
-        try:
-            seconds = float(_duration(timeout))
-        except ValueError as exc:
-            raise NasError(f"--timeout: {exc}") from None
-        if seconds <= 0:
-            raise NasError(f"--timeout: expected a positive duration such as 30m, got {timeout!r}")
-    opts = SearchOptions(runs_dir=runs_dir, storage=storage, tracking_uri=tracking_uri, new=new,
-                         trials=trials, timeout=seconds, inline=inline)
-    run(spec, opts, console)
+    if raw is None:
+        return None
+    try:
+        seconds = float(_duration(raw))
+    except ValueError as exc:
+        raise NasError(f"{flag}: {exc}") from None
+    if seconds <= 0:
+        raise NasError(f"{flag}: expected a positive duration such as 30m, got {raw!r}")
+    return seconds
 
 
 @app.command()
@@ -136,9 +156,9 @@ def export(
 
 @app.command()
 def ui(
-    run_dir: Annotated[Path | None, typer.Argument(metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits "
-                                                           "(default: the latest under "
-                                                           "--runs-dir)", show_default=False)] = None,
+    run_dir: Annotated[Path | None, typer.Argument(
+        metavar="RUN_DIR", help="a search's run directory, e.g. runs/digits (default: the latest under --runs-dir)",
+        show_default=False)] = None,
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: Annotated[str | None,
                             typer.Option(help="MLflow tracking URI (default: the runs dir's store)")] = None,
@@ -180,7 +200,8 @@ def status(
 
 @app.command()
 def dashboard(
-    run_dir: Annotated[Path, typer.Argument(help="an Optuna search's run directory, e.g. runs/digits",
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR",
+                                            help="an Optuna search's run directory, e.g. runs/digits",
                                             show_default=False)],
     host: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps it private")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8080,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.arch import plan
+from nas.budget import BudgetPlan, cap_reason
 from nas.errors import InvalidArchitecture
 from nas.progress import Reporter
 from nas.rundir import RunDir, promote_best
@@ -34,10 +35,12 @@ def _better(a: float, b: float | None, direction: str) -> bool:
 class TrialObjective:
     def __init__(self, *, space: SearchSpace, data: DataInfo, runner: Runner, tracker: Tracker,
                  reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
-                 best_value: float | None = None, max_params: int | None = None):
+                 best_value: float | None = None, max_params: int | None = None, deadline: float | None = None,
+                 budget_plan: BudgetPlan | None = None):
         self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
         self.reporter, self.run, self.objectives, self.seed = reporter, run, objectives, seed
         self.best_value, self.max_params = best_value, max_params
+        self.deadline, self.budget_plan = deadline, budget_plan  # search.budget: when every trial stops; its plan
         self.primary = objectives[0]
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
@@ -65,6 +68,10 @@ class TrialObjective:
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
         return result
 
+    def out_of_time(self) -> bool:
+        """search.budget is spent: the running trial stops after this epoch and no new one starts."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
     def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
              initial_epoch: int, should_prune: PruneHook | None) -> TrialResult:
         try:
@@ -76,11 +83,16 @@ class TrialObjective:
                                                            "flops": float(shape.flops)},
                                reason=f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
                                       "rejected before training")
+        if self.budget_plan is not None and (reason := cap_reason(shape.flops, self.budget_plan)):
+            return TrialResult(TrialState.PRUNED, reason=reason, metrics={
+                "epochs_run": 0.0, "params": float(shape.params), "flops": float(shape.flops)})
         self.reporter.trial_started(number, shape.params)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
             self.tracker.log_epoch(run_id, epoch, metrics)
             self.reporter.epoch(number, epoch, metrics)
+            if self.out_of_time():
+                return "stop"  # search.budget: the trial ends here, its best epoch stands
             return "prune" if should_prune is not None and should_prune(epoch, metrics) else "continue"
 
         pending = self.run.pending / f"trial-{number}.keras"

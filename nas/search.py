@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 
@@ -23,6 +23,9 @@ from nas.errors import Interrupted, NasError
 from nas.rundir import RunDir, atomic_write, claim, clear_pending, prepare, remember_test_split, settle_best
 from nas.spec.loader import LoadedSpec
 from nas.trial import TrialState
+
+if TYPE_CHECKING:
+    from nas.tracking import Tracker  # imported where used: it loads the MLflow client
 
 COUNTED = {s.value for s in TrialState if s.counts}
 
@@ -35,6 +38,7 @@ class SearchOptions:
     new: bool = False
     trials: int | None = None
     timeout: float | None = None
+    budget: float | None = None
     inline: bool = False
 
 
@@ -53,6 +57,8 @@ def _with_overrides(loaded: LoadedSpec, opts: SearchOptions) -> LoadedSpec:
         updates["trials"] = opts.trials
     if opts.timeout is not None:
         updates["timeout"] = opts.timeout
+    if opts.budget is not None:
+        updates["budget"] = opts.budget
     if not updates:
         return loaded
     spec = loaded.spec.model_copy(update={"search": loaded.spec.search.model_copy(update=updates)})
@@ -148,7 +154,7 @@ class _Search:
     console: Console
     loaded: LoadedSpec
     uri: str
-    tracker: Any  # nas.tracking.Tracker
+    tracker: Tracker
     splits: Any  # nas.data.splits.Splits
     info: Any  # nas.space.DataInfo
     description: str
@@ -175,6 +181,7 @@ class _Search:
 
 
 def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: contextlib.ExitStack) -> SearchSummary:
+    t0 = time.monotonic()  # search.budget counts from here
     s = _load(spec_path, opts, console)  # everything bad input can break fails here, before a run dir is claimed
     resuming, lock_held = _claim(s, held)
     parent = _start_parent_run(s, resuming)
@@ -184,7 +191,8 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
         if resuming:
             _settle_previous_session(s, lock_held)
         s.runner = _make_runner(s)
-        reporter, objective = _make_objective(s)
+        deadline, budget_plan = _plan(s, t0)
+        reporter, objective = _make_objective(s, deadline, budget_plan)
         started = time.monotonic()
         stop_reason = s.backend.run(objective, on_trial_done=s.save_leaderboard)
     except KeyboardInterrupt:
@@ -205,7 +213,7 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
     from nas.data_info import load_splits
     from nas.space import SearchSpace
     from nas.spec.loader import load_spec
-    from nas.tracking import MlflowTracker, NullTracker, Tracker, default_artifact_root
+    from nas.tracking import MlflowTracker, NullTracker, default_artifact_root
 
     loaded = _with_overrides(load_spec(spec_path), opts)
     spec = loaded.spec
@@ -226,7 +234,8 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
                   f"test {len(splits.test.y)} (held out), input {info.input_shape}, {info.num_classes} classes")
     if opts.storage and spec.search.backend != "optuna":
         raise NasError(f"--storage is for the optuna backend, but {loaded.path} sets search.backend "
-                       f"{spec.search.backend!r}, which keeps its state in {opts.runs_dir / spec.name / 'keras_tuner'}/; "
+                       f"{spec.search.backend!r}, which keeps its state in "
+                       f"{opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
     return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec))
 
@@ -275,7 +284,46 @@ def _make_runner(s: _Search) -> Any:
                          log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
 
 
-def _make_objective(s: _Search) -> tuple[Any, Any]:
+def plan_budget(spec: Any, info: Any, splits: Any, runner: Any, seconds: float, epochs: int | None = None) -> Any:
+    """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget)."""
+    from nas.arch import plan
+    from nas.budget import BudgetPlan, Probe, extremes
+    from nas.space import SearchSpace
+
+    chosen, flops = extremes(SearchSpace(spec), info, spec.search.seed, spec.space.max_params)
+    if not chosen:
+        raise NasError("search.budget: no candidate of the space can be built, so there is nothing to plan; "
+                       "see `nas validate`")
+    started = time.monotonic()
+    per_sample = runner.probe(chosen)
+    probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec) for c, sec in zip(chosen, per_sample))
+    return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
+                      tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started)
+
+
+def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
+    """search.budget: the deadline every trial stops at, and the plan (printed; its FLOPs cap applies)."""
+    seconds = s.spec.search.budget
+    if not seconds:
+        return None, None
+    deadline = t0 + seconds
+    try:
+        with s.console.status("planning the budget: probing the cheapest and the dearest candidates"):
+            budget_plan = plan_budget(s.spec, s.info, s.splits, s.runner, seconds, epochs=s.backend.epochs)
+        budget_plan = dataclasses.replace(budget_plan, spent_s=time.monotonic() - t0)
+    except NasError:
+        raise
+    except Exception as exc:  # the budget still holds; only the estimate is missing
+        s.console.print(f"[yellow]warning:[/] the budget probe failed ({type(exc).__name__}: {exc}); search.budget "
+                        "still ends the search on time, but there is no plan and no FLOPs cap")
+        return deadline, None
+    for line in budget_plan.lines():
+        s.console.print(line, markup=False)
+    s.tracker.log_search_metrics({"budget_expected_candidates": budget_plan.expected()[0]})
+    return deadline, budget_plan
+
+
+def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any = None) -> tuple[Any, Any]:
     """The reporter (already showing progress) and the objective every backend calls once per trial."""
     from nas.objective import TrialObjective
     from nas.progress import make_reporter
@@ -286,7 +334,8 @@ def _make_objective(s: _Search) -> tuple[Any, Any]:
     best_value = current_best_value(s.run_dir, primary.metric)
     objective = TrialObjective(space=s.space, data=s.info, runner=s.runner, tracker=s.tracker, reporter=reporter,
                                run=s.run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
-                               best_value=best_value, max_params=spec.space.max_params)
+                               best_value=best_value, max_params=spec.space.max_params, deadline=deadline,
+                               budget_plan=budget_plan)
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
                             best=best_value if primary.metric == "val_accuracy" else None)
     return reporter, objective
@@ -407,5 +456,5 @@ def _common(lines: str) -> str:
 
 
 def _why(reason: str, max_failed: int) -> str:
-    return {"budget": "search complete", "timeout": "search.timeout reached",
+    return {"budget": "search complete", "timeout": "search.timeout reached", "time": "search.budget reached",
             "failures": f"stopped after {max_failed} failed trials (search.max_failed_trials)"}.get(reason, reason)

@@ -21,6 +21,7 @@ import warnings
 from typing import Any, Protocol
 
 from nas.data.splits import Splits
+from nas.space import Candidate
 from nas.tf_setup import prepare_tensorflow
 from nas.trial import EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
@@ -33,6 +34,7 @@ class Runner(Protocol):
 
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult: ...
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]: ...
+    def probe(self, candidates: list[Candidate]) -> list[float]: ...  # seconds per training sample, each
     def close(self) -> None: ...
 
 
@@ -71,6 +73,11 @@ class InlineRunner:
 
         return evaluate_model(model_path, self.splits, which)
 
+    def probe(self, candidates: list[Candidate]) -> list[float]:
+        from nas.train import probe
+
+        return [probe(c, self.trial_splits) for c in candidates]
+
     def close(self) -> None:
         pass
 
@@ -101,7 +108,7 @@ def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | 
         os.close(fd)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     device = prepare_tensorflow(deterministic)
-    from nas.train import evaluate_model
+    from nas.train import evaluate_model, probe
 
     conn.send(("ready", device))
     while True:
@@ -118,6 +125,11 @@ def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | 
         elif msg[0] == "evaluate":
             try:
                 conn.send(("result", evaluate_model(msg[1], msg[3], msg[2])))  # its own splits: test is only here
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        elif msg[0] == "probe":
+            try:
+                conn.send(("result", [probe(c, splits) for c in msg[1]]))
             except Exception as exc:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -150,7 +162,8 @@ class ProcessRunner:
         saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)  # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES)
         try:
-            self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits.without_test(), self.deterministic, self.log_path),
+            self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits.without_test(),
+                                                                     self.deterministic, self.log_path),
                                            name="nas-trial-worker", daemon=True)
             self._proc.start()
         except Exception as exc:  # fork/spawn refused (no memory, process limit), data that cannot be pickled
@@ -169,7 +182,8 @@ class ProcessRunner:
         except _TimedOut:
             self.close(force=True)
             where = f"; see {self.log_path}" if self.log_path else ""
-            raise WorkerDied(f"the trial worker process did not start within {self.start_timeout:.0f}s{where}") from None
+            raise WorkerDied("the trial worker process did not start within "
+                             f"{self.start_timeout:.0f}s{where}") from None
 
     def _died(self) -> WorkerDied:
         self._proc.join(5)
@@ -215,7 +229,8 @@ class ProcessRunner:
                     self._send(("decision", on_epoch(msg[1], msg[2])))
                 else:
                     result: TrialResult = msg[1]
-                    if result.state == TrialState.FAILED:  # it may leave TensorFlow broken (a GPU after OOM): new worker
+                    # a failure may leave TensorFlow broken (a GPU after OOM): new worker
+                    if result.state == TrialState.FAILED:
                         self._tasks = self.max_tasks
                     return result
         except WorkerDied as exc:
@@ -233,6 +248,14 @@ class ProcessRunner:
         self._ensure()
         self._send(("evaluate", model_path, which, self.splits.keep(*which)))
         self._tasks = self.max_tasks  # a worker that has seen test images never trains another trial
+        msg = self._recv()
+        if msg[0] == "error":
+            raise RuntimeError(msg[1])
+        return msg[1]  # type: ignore[no-any-return]
+
+    def probe(self, candidates: list[Candidate]) -> list[float]:
+        self._ensure()
+        self._send(("probe", candidates))
         msg = self._recv()
         if msg[0] == "error":
             raise RuntimeError(msg[1])

@@ -47,6 +47,9 @@ search:
 class Scripted:
     """Stands in for TrialObjective (no training): the score depends on the learning rate."""
 
+    def out_of_time(self) -> bool:  # no search.budget here
+        return False
+
     def __init__(self, result: Any = None, sleep: float = 0.0):
         self.calls: list[tuple[int, dict[str, Any], int, dict[str, str]]] = []
         self.result, self.sleep = result, sleep

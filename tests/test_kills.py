@@ -425,8 +425,14 @@ def test_keras_tuner_state_is_never_half_written(tmp_path: Path, monkeypatch: py
         return KerasTunerBackend.open(spec, SearchSpace(spec), run, "h")
 
     first = open_backend()
-    first.run(lambda number, params, **kw: TrialResult("finished", None, {"val_accuracy": 0.5}),  # type: ignore[arg-type]
-              lambda: None)
+    class Finishes:
+        def __call__(self, number: int, params: Any, **kw: Any) -> TrialResult:
+            return TrialResult("finished", None, {"val_accuracy": 0.5})
+
+        def out_of_time(self) -> bool:
+            return False
+
+    first.run(Finishes(), lambda: None)  # type: ignore[arg-type]
     assert first.done() == 3
 
     def killed(src: Any, dst: Any) -> None:  # the process dies after writing the temp file, before the rename

@@ -36,6 +36,9 @@ search:
 class Scripted:
     """Stands in for TrialObjective: the result depends on the params, and each epoch asks the pruner."""
 
+    def out_of_time(self) -> bool:  # no search.budget here
+        return False
+
     def __init__(self, fail: set[int] = frozenset(), invalid: set[int] = frozenset(), diverge: set[int] = frozenset()):
         self.fail, self.invalid, self.diverge, self.calls = fail, invalid, diverge, []
 

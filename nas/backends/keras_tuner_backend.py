@@ -272,6 +272,8 @@ class KerasTunerBackend:
             return "budget"
         if self._errors >= self.spec.search.max_failed_trials:
             return "failures"
+        if self._objective is not None and self._objective.out_of_time():
+            return "time"
         if time.monotonic() >= self._deadline:
             return "timeout"
         return None
@@ -332,7 +334,7 @@ class KerasTunerBackend:
         except _Stop as stop:
             return stop.reason
         except _Unexpected as exc:
-            raise exc.__cause__ from None  # type: ignore[misc]
+            raise exc.__cause__ from None
         if self.algorithm == "hyperband":
             return "budget"  # the Hyperband iteration is complete
         return "search space exhausted: KerasTuner found no configuration it had not tried yet"

@@ -77,7 +77,8 @@ def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     if s.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3)
     if s.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs), max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs), max_resource=epochs,
+                                              reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -185,6 +186,9 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         elif errors >= s.max_failed_trials:
             stop_reason = "failures"
             study.stop()
+        elif objective.out_of_time():
+            stop_reason = "time"
+            study.stop()
 
     if count(study, *DONE_STATES) < s.trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna logs each caught failure; we report it ourselves
@@ -239,9 +243,10 @@ def reclaim(study: optuna.Study, spec: Spec, owner: str | None, local: bool) -> 
             continue
         recorded = t.user_attrs.get(STATE)
         values = [t.user_attrs.get(o.metric) for o in objectives]
+        told = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         try:
-            if recorded == TrialState.FINISHED and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                study.tell(t.number, values if len(values) > 1 else values[0])
+            if recorded == TrialState.FINISHED and len(told) == len(values):
+                study.tell(t.number, told if len(told) > 1 else told[0])
             elif recorded in (TrialState.PRUNED, TrialState.DIVERGED, TrialState.FAILED):
                 study.tell(t.number, state=OptunaState.FAIL if recorded == TrialState.FAILED else OptunaState.PRUNED)
             else:

@@ -1,0 +1,184 @@
+"""The time budget of a search: what one epoch of a candidate costs here, and what the budget buys.
+
+Before the first trial, a probe trains a few batches of the cheapest and the dearest candidates the space
+holds (by FLOPs); the cost of any candidate's epoch is read off the line through those two points. From it
+the plan says how many candidates the budget can look at, how many can reach full fidelity under the
+pruner, and caps the FLOPs of a candidate so that no single full-fidelity trial eats more than half of
+the budget. Framework-free: the probe itself runs where trials run (nas.train.probe, through the runner).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from nas.arch import plan
+from nas.errors import InvalidArchitecture
+from nas.space import Candidate, DataInfo, SearchSpace
+
+#: no single full-fidelity trial may cost more than this share of the budget ("eat most of it")
+MAX_TRIAL_SHARE = 0.5
+#: candidates drawn from the space to find its cheapest and dearest ones (plan() only: no TensorFlow)
+SURVEY = 300
+
+
+@dataclass(frozen=True)
+class Probe:
+    flops: int  # per image, forward
+    batch_size: int
+    seconds_per_sample: float  # one training step over one image, augmentation included
+
+
+def _fmt_time(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def extremes(space: SearchSpace, data: DataInfo, seed: int = 0, max_params: int | None = None
+             ) -> tuple[list[Candidate], list[int]]:
+    """The cheapest and the dearest buildable candidates by FLOPs among SURVEY random draws, and every FLOPs
+    count seen (for the plan's median)."""
+    rng = random.Random(seed)
+    seen: list[tuple[int, Candidate]] = []
+    for _ in range(SURVEY):
+        cand = space.decode(space.sample(rng), data)
+        try:
+            shape = plan(cand.arch)
+        except InvalidArchitecture:
+            continue
+        if max_params and shape.params > max_params:
+            continue
+        seen.append((shape.flops, cand))
+    if not seen:
+        return [], []
+    seen.sort(key=lambda fc: fc[0])
+    chosen = [seen[0][1]] if seen[0][0] == seen[-1][0] else [seen[0][1], seen[-1][1]]
+    return chosen, [f for f, _ in seen]
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_s: float
+    epochs: int
+    n_train: int
+    n_val: int
+    probes: tuple[Probe, ...]
+    flops_seen: tuple[int, ...]
+    pruner: str
+    warmup_epochs: int
+    probe_s: float = 0.0
+    spent_s: float = 0.0  # of the budget, before the first trial: start-up (data, MLflow, worker) and the probe
+
+    @property
+    def left_s(self) -> float:
+        return max(0.0, self.budget_s - self.spent_s)
+
+    def seconds_per_sample(self, flops: int) -> float:
+        """Linear in FLOPs between the probes (constant with one probe); never below the cheaper probe."""
+        a, b = self.probes[0], self.probes[-1]
+        if b.flops == a.flops:
+            return a.seconds_per_sample
+        slope = (b.seconds_per_sample - a.seconds_per_sample) / (b.flops - a.flops)
+        return max(a.seconds_per_sample, a.seconds_per_sample + slope * (flops - a.flops))
+
+    def epoch_seconds(self, flops: int) -> float:
+        # validation is a forward pass (about a third of a training step) over the validation split
+        return self.seconds_per_sample(flops) * (self.n_train + self.n_val / 3)
+
+    def trial_seconds(self, flops: int) -> float:
+        return self.epoch_seconds(flops) * self.epochs
+
+    @property
+    def max_flops(self) -> int | None:
+        """Candidates above this would spend more than MAX_TRIAL_SHARE of the budget on one full trial; None when
+        every candidate seen fits (no cap needed) or none does (the budget is too small for any cap to help)."""
+        limit = self.budget_s * MAX_TRIAL_SHARE
+        fits = [f for f in self.flops_seen if self.trial_seconds(f) <= limit]
+        if not fits or len(fits) == len(self.flops_seen):
+            return None
+        return max(fits)
+
+    def rungs(self) -> list[int]:
+        """The epochs at which the pruner thins the field: successive halving keeps a third at each rung (epochs
+        1, 3, 9, ... from warmup_epochs); the median pruner, modelled here as one cut at its first epoch after
+        warm-up, keeps half."""
+        first = min(max(1, self.warmup_epochs), self.epochs)
+        if self.pruner in ("successive_halving", "hyperband"):
+            r, out = first, []
+            while r < self.epochs:
+                out.append(r)
+                r *= 3
+            return [*out, self.epochs]
+        if self.pruner == "median" and first < self.epochs:
+            return [first, self.epochs]
+        return [self.epochs]
+
+    @property
+    def keep(self) -> int:
+        return 2 if self.pruner == "median" else 3
+
+    def expected(self) -> tuple[float, float, float]:
+        """(candidates the budget looks at, how many of them reach full fidelity, seconds per epoch of a typical
+        candidate: the median FLOPs under the cap), as the pruner thins the field at each rung."""
+        flops = sorted(self.flops_seen)
+        cap = self.max_flops
+        allowed = [f for f in flops if cap is None or f <= cap] or flops
+        epoch = self.epoch_seconds(allowed[len(allowed) // 2])
+        rungs, cost, share = self.rungs(), 0.0, 1.0
+        prev = 0
+        for i, r in enumerate(rungs):  # each rung keeps 1/keep of the trials that reached it
+            cost += share * (r - prev) * epoch
+            prev = r
+            if i < len(rungs) - 1:
+                share /= self.keep
+        n = self.left_s / cost
+        return n, n * share, epoch
+
+    def lines(self) -> list[str]:
+        flops = sorted(self.flops_seen)
+        lo, hi = flops[0], flops[-1]
+        n, full, epoch = self.expected()
+        out = [
+            f"budget {_fmt_time(self.budget_s)}"
+            + (f" ({_fmt_time(self.left_s)} left after start-up and the probe)" if self.spent_s else "")
+            + f": the probe took {self.probe_s:.1f}s; one epoch costs about "
+            f"{_fmt_time(self.epoch_seconds(lo))} for the cheapest candidate ({lo / 1e6:.2f} MFLOPs) to "
+            f"{_fmt_time(self.epoch_seconds(hi))} for the dearest ({hi / 1e6:.2f} MFLOPs), "
+            f"{_fmt_time(epoch)} for a typical one",
+            f"rungs ({self.pruner} pruner, about 1 in {self.keep} goes on at each): epochs "
+            f"{' -> '.join(map(str, self.rungs()))}" if self.pruner != "none" else
+            f"no pruner: every candidate trains {self.epochs} epochs",
+            f"expected: about {n:.0f} candidates looked at, about {full:.1f} trained to full fidelity "
+            f"({self.epochs} epochs, about {_fmt_time(epoch * self.epochs)} each)",
+        ]
+        cap = self.max_flops
+        if cap is not None:
+            over = sum(f > cap for f in flops) / len(flops)
+            out.append(f"cap: candidates over {cap / 1e6:.2f} MFLOPs ({over:.0%} of the space) would spend more than "
+                       f"{MAX_TRIAL_SHARE:.0%} of the budget on one full trial; they are rejected before training")
+        elif self.trial_seconds(lo) > self.budget_s * MAX_TRIAL_SHARE:
+            out.append(f"warning: even the cheapest candidate needs about {_fmt_time(self.trial_seconds(lo))} for a "
+                       f"full trial; raise the budget, lower train.epochs or shrink the space")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        n, full, epoch = self.expected()
+        return {"budget_s": self.budget_s, "spent_s": round(self.spent_s, 2), "probe_s": round(self.probe_s, 2),
+                "max_flops": self.max_flops,
+                "expected_candidates": round(n, 1), "expected_full_trials": round(full, 2),
+                "typical_epoch_s": round(epoch, 2), "rungs": self.rungs(),
+                "probes": [vars(p) for p in self.probes]}
+
+
+def cap_reason(flops: int, plan_: BudgetPlan) -> str | None:
+    """Why a candidate is rejected before training under the plan's FLOPs cap, or None."""
+    cap = plan_.max_flops
+    if cap is None or flops <= cap:
+        return None
+    return (f"{flops / 1e6:.2f} MFLOPs: a full trial would take about {_fmt_time(plan_.trial_seconds(flops))}, over "
+            f"{MAX_TRIAL_SHARE:.0%} of search.budget; rejected before training (cap {cap / 1e6:.2f} MFLOPs)")
+

@@ -1,0 +1,150 @@
+"""search.budget: a plan from a probe, a FLOPs cap from the plan, and a deadline that holds (nas/budget.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from nas.budget import MAX_TRIAL_SHARE, BudgetPlan, Probe, cap_reason
+
+MF = 1_000_000
+PROBES = (Probe(1 * MF, 64, 1e-4), Probe(100 * MF, 64, 3e-3))  # 0.1 ms and 3 ms per training image
+FLOPS = tuple(range(MF, 100 * MF + 1, MF))  # the space: 1 to 100 MFLOPs, evenly
+
+
+def budget_plan(budget_s: float = 1800, pruner: str = "successive_halving", epochs: int = 12, **kw: Any) -> BudgetPlan:
+    return BudgetPlan(budget_s, epochs, 51_000, 9_000, kw.pop("probes", PROBES), kw.pop("flops", FLOPS), pruner,
+                      kw.pop("warmup", 1), 4.0)
+
+
+def test_epoch_cost_is_read_off_the_line_through_the_probes() -> None:
+    p = budget_plan()
+    assert p.seconds_per_sample(1 * MF) == pytest.approx(1e-4) and p.seconds_per_sample(100 * MF) == pytest.approx(3e-3)
+    assert p.seconds_per_sample(50 * MF) == pytest.approx(1e-4 + (3e-3 - 1e-4) * 49 / 99)
+    assert p.epoch_seconds(100 * MF) == pytest.approx(3e-3 * (51_000 + 3_000))  # validation: a third of a step
+    assert p.trial_seconds(100 * MF) == pytest.approx(12 * p.epoch_seconds(100 * MF))
+
+
+def test_the_cap_keeps_one_full_trial_under_half_the_budget() -> None:
+    p = budget_plan()
+    cap = p.max_flops
+    assert cap is not None and cap in FLOPS
+    assert p.trial_seconds(cap) <= MAX_TRIAL_SHARE * 1800 < p.trial_seconds(cap + MF)
+    assert cap_reason(cap, p) is None
+    reason = cap_reason(cap + MF, p)
+    assert reason is not None and reason.startswith(f"{(cap + MF) / MF:.2f} MFLOPs: a full trial would take about")
+    assert reason.endswith(f"over 50% of search.budget; rejected before training (cap {cap / MF:.2f} MFLOPs)")
+    assert any(line.startswith(f"cap: candidates over {cap / MF:.2f} MFLOPs") for line in p.lines())
+
+
+def test_no_cap_when_everything_fits_or_nothing_does() -> None:
+    assert budget_plan(budget_s=10 * 3600).max_flops is None  # all fit: nothing to cap
+    tight = budget_plan(budget_s=60)
+    assert tight.max_flops is None  # even the cheapest is over: a cap would reject everything
+    assert any(line.startswith("warning: even the cheapest candidate needs about") for line in tight.lines())
+
+
+@pytest.mark.parametrize("pruner,rungs,keep", [("successive_halving", [1, 3, 9, 12], 3),
+                                               ("hyperband", [1, 3, 9, 12], 3), ("median", [1, 12], 2),
+                                               ("none", [12], 3)])
+def test_rungs_and_expected_counts_follow_the_pruner(pruner: str, rungs: list[int], keep: int) -> None:
+    p = budget_plan(budget_s=10 * 3600, pruner=pruner)
+    assert p.rungs() == rungs and p.keep == keep
+    n, full, epoch = p.expected()
+    cost, share, prev = 0.0, 1.0, 0  # per candidate, as the rungs thin the field
+    for i, r in enumerate(rungs):
+        cost, prev = cost + share * (r - prev) * epoch, r
+        share = share / keep if i < len(rungs) - 1 else share
+    assert n == pytest.approx(10 * 3600 / cost) and full == pytest.approx(n * share)
+    assert epoch == pytest.approx(p.epoch_seconds(sorted(FLOPS)[len(FLOPS) // 2]))  # uncapped: the median candidate
+    if pruner == "none":
+        assert n == pytest.approx(full) == pytest.approx(10 * 3600 / (12 * epoch))
+
+
+def test_a_candidate_over_the_cap_is_rejected_before_training(tmp_path: Path) -> None:
+    from nas.objective import TrialObjective
+    from nas.progress import PlainReporter
+    from nas.rundir import RunDir
+    from nas.space import DataInfo, SearchSpace
+    from nas.spec import parse_spec
+    from nas.tracking import NullTracker
+
+    class NeverRuns:
+        device = "CPU"
+
+        def run(self, task: Any, on_epoch: Any) -> Any:
+            raise AssertionError("a capped candidate must not train")
+
+    spec = parse_spec("name: b\ndata: {source: digits}\nspace: {depth: 2, filters: 32}\ntrain: {epochs: 3}\n")
+    # a 5 s budget where only toy 1- and 2-FLOP candidates would fit: the cap falls below any real candidate
+    everything_over = budget_plan(budget_s=5, probes=(Probe(1, 64, 1e-9), PROBES[1]), flops=(1, 2, *FLOPS))
+    assert everything_over.max_flops == 2
+    objective = TrialObjective(space=SearchSpace(spec), data=DataInfo((8, 8, 1), 10, 16.0), runner=NeverRuns(),
+                               tracker=NullTracker(), reporter=PlainReporter(io.StringIO()), run=RunDir(tmp_path),
+                               objectives=spec.search.objectives, seed=0,  # type: ignore[arg-type]
+                               budget_plan=everything_over)
+    result = objective(0, {}, epochs=3)
+    assert result.state == "pruned" and "rejected before training (cap" in (result.reason or "")
+    assert result.metrics["epochs_run"] == 0 and result.metrics["flops"] > 0
+
+
+SPEC = """\
+name: {name}
+data: {{source: digits, validation_fraction: 0.2}}
+space: {{depth: 1, filters: [8, 16], head: {{depth: 0}}}}
+train: {{epochs: 400, batch_size: 64}}
+search: {{pruner: none, trials: 50, budget: {budget}, seed: 0}}
+"""
+
+
+@pytest.mark.slow
+def test_the_budget_ends_the_search_and_the_running_trial_keeps_its_best_epoch(tmp_path: Path) -> None:
+    """400-epoch trials and a 60 s budget: the first trial is stopped by the deadline, not by its epochs."""
+    from rich.console import Console
+
+    from nas.search import SearchOptions, run
+
+    spec = tmp_path / "b.yaml"
+    spec.write_text(SPEC.format(name="b", budget="60s"))
+    out = io.StringIO()
+    started = time.monotonic()
+    summary = run(spec, SearchOptions(runs_dir=tmp_path / "runs", inline=True), Console(file=out, width=200))
+    took = time.monotonic() - started
+    board = pd.read_csv(tmp_path / "runs" / "b" / "leaderboard.csv")
+    assert summary.stop_reason == "time" and "search.budget reached" in out.getvalue()
+    stopped = board[board["reason"].fillna("").str.startswith("stopped by search.budget after epoch")]
+    assert len(stopped) == 1 and stopped.iloc[0]["state"] == "finished"  # a result, at lower fidelity
+    assert 0 < stopped.iloc[0]["epochs_run"] < 400
+    # ... and its best epoch stands: it is the best model, measured on the held-out split
+    best = json.loads((tmp_path / "runs" / "b" / "best" / "metrics.json").read_text())
+    assert best["trial"] == int(stopped.iloc[0]["trial"]) and 0 < best["test_accuracy"] <= 1
+    # The budget holds to one epoch plus the final measurement (a digits epoch and the measurement take seconds)
+    epoch_s = stopped.iloc[0]["wall_time_s"] / stopped.iloc[0]["epochs_run"]
+    assert took < 60 + epoch_s + 15, (took, epoch_s)
+    # the plan was printed before the first trial
+    text = out.getvalue()
+    assert re.search(r"budget 60s \(\d+s left after start-up and the probe\): the probe took [\d.]+s; one epoch "
+                     r"costs about", text), text
+    assert text.index("expected: about") < text.index("trial   0")
+
+
+@pytest.mark.slow
+def test_validate_prints_the_budget_plan_without_a_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nas.cli import main
+
+    spec = tmp_path / "v.yaml"
+    spec.write_text(SPEC.format(name="v", budget="null"))
+    main(["validate", str(spec), "--budget", "10m", "--runs-dir", str(tmp_path / "runs")])  # returns: exit 0
+    out = capsys.readouterr().out
+    text = " ".join(out.split())
+    assert re.search(r"budget 10\.0m: the probe took [\d.]+s; one epoch costs about \S+ for the cheapest "
+                     r"candidate", text)
+    assert "no pruner: every candidate trains 400 epochs" in text and "expected: about" in text
+    assert not (tmp_path / "runs").exists()  # no trial, no run directory
