@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
 
-.PHONY: install demo test test-fast data bench clean
+.PHONY: install demo lint test test-fast data bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; nas needs Python 3.11 (set PYTHON=/path/to/python3.11)"; exit 2; }
@@ -31,10 +31,15 @@ demo: install
 	$(BIN)/nas validate search_spaces/digits.yaml
 	$(BIN)/nas search search_spaces/digits.yaml
 
-test: $(TESTSTAMP)
+# ruff and mypy on nas/ (configured in pyproject.toml): any finding fails the build, before the tests run.
+lint: $(TESTSTAMP)
+	$(BIN)/ruff check nas
+	$(BIN)/mypy nas
+
+test: lint
 	$(BIN)/python -m pytest
 
-test-fast: $(TESTSTAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 # Fashion-MNIST (60k/10k gzipped IDX files) from the Debian package dataset-fashion-mnist, into data/.

@@ -69,5 +69,6 @@ def check_spec_fits_data(loaded: LoadedSpec, info: DataInfo, train_samples: int)
             f"samples left after the validation and test splits, so every epoch would be one partial batch; use "
             f"batch sizes <= {train_samples}, or add data.")
     if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
         raise DataError("\n".join(problems) if len(problems) == 1 else
-                        f"{len(problems)} problems with the spec on this data:\n" + "\n".join(f"  - {p}" for p in problems))
+                        f"{len(problems)} problems with the spec on this data:\n{listed}")

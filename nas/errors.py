@@ -25,7 +25,8 @@ class SpecError(NasError):
         else:
             shown = problems[:20]  # the first ones locate the mistake; a wall of text hides it
             more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-            super().__init__(f"{path}: {len(problems)} problems in the spec:\n" + "\n".join(f"  - {p}" for p in shown) + more)
+            listed = "\n".join(f"  - {p}" for p in shown)
+            super().__init__(f"{path}: {len(problems)} problems in the spec:\n{listed}{more}")
 
 
 class DataError(NasError):

@@ -296,7 +296,8 @@ def plan_budget(spec: Any, info: Any, splits: Any, runner: Any, seconds: float, 
                        "see `nas validate`")
     started = time.monotonic()
     per_sample = runner.probe(chosen)
-    probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec) for c, sec in zip(chosen, per_sample))
+    probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec)
+                   for c, sec in zip(chosen, per_sample, strict=True))
     return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
                       tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started)
 

@@ -111,7 +111,7 @@ class SearchSpace:
 
     def decode(self, params: dict[str, Any], data: DataInfo) -> Candidate:
         """The concrete architecture and training config of one sample. Pure and deterministic."""
-        s, t = self.spec.space, self.spec.train
+        t = self.spec.train
         depth = int(self.value("depth", params))
         blocks = []
         for i in range(1, depth + 1):
@@ -196,4 +196,4 @@ def _max_int(d: Dim) -> int:
         return int(d.value)
     if isinstance(d, Choice):
         return int(max(d.values))
-    return int(d.high)  # type: ignore[union-attr]
+    return int(d.high)

@@ -66,10 +66,10 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
         _check_sqlite(uri)
     elif uri.startswith(_HTTP):
         _check_http(uri, timeout_s)
-    elif uri.startswith("file:") or "://" not in uri:
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
-            raise _fail(uri, "MLflow 3.17 refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true",
-                        f"use a SQLite store such as sqlite:///runs/mlflow.db ({_URI_FIX})")
+    elif ((uri.startswith("file:") or "://" not in uri)
+          and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true")):
+        raise _fail(uri, "MLflow 3.17 refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true",
+                    f"use a SQLite store such as sqlite:///runs/mlflow.db ({_URI_FIX})")
 
 
 def _check_sqlite(uri: str) -> None:

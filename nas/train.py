@@ -22,6 +22,7 @@ from nas.errors import InvalidArchitecture
 from nas.space import TrainConfig
 from nas.trial import EPOCH_METRICS, EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
+
 def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
     # Keras 3 applies weight_decay decoupled in every optimizer, so "adam" with decay would just be AdamW
     # under another name; adam stays plain Adam, and weight_decay applies to adamw and sgd.
@@ -144,10 +145,10 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
                   callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
     except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
-        reason, tb = describe_failure(exc)
-        return _result(TrialState.FAILED, reason, cb, started, traceback=tb)
+        failure, tb = describe_failure(exc)
+        return _result(TrialState.FAILED, failure, cb, started, traceback=tb)
     state, reason = cb.stopped or (TrialState.FINISHED, None)
-    model_path = None
+    model_path: str | None = None
     best_value = cb.best.get(task.monitor)
     beats = task.save_threshold is None or (best_value is not None and (
         best_value > task.save_threshold if task.mode == "maximize" else best_value < task.save_threshold))

@@ -183,10 +183,11 @@ def _load_npz(path: Path, where: str) -> RawData:
         raise DataError(f"{where}: {path} is a folder; expected an .npz file written by {example}.") from e
     except ValueError as e:
         if head[:2] != b"PK" and head != b"\x93NUMPY":  # numpy guesses "pickle" for any other bytes
-            raise DataError(f"{where}: {path} is not an .npz archive (it starts with bytes {head[:4].hex(' ') or '(none)'}, "
+            raise DataError(f"{where}: {path} is not an .npz archive (it starts with bytes "
+                            f"{head[:4].hex(' ') or '(none)'}, "
                             f"an .npz starts with 50 4b); write it with {example}.") from e
         raise DataError(f"{where}: cannot read {path} as an .npz archive ({e}); write it with {example}.") from e
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{where}: cannot read {path} as an .npz archive ({e}); write it with {example}.") from e
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DataError(f"{where}: {path} holds a single array, not an .npz archive; write it with {example}.")

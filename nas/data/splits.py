@@ -39,9 +39,10 @@ class Splits:
 
     def keep(self, *names: str) -> Splits:
         """The same splits with every split not named (of "train", "val", "test") emptied."""
-        gone = {n: Split(getattr(self, n).x[:0], getattr(self, n).y[:0]) for n in ("train", "val", "test")
-                if n not in names}
-        return replace(self, **gone)
+        def kept(name: str, split: Split) -> Split:
+            return split if name in names else Split(split.x[:0], split.y[:0])
+
+        return replace(self, train=kept("train", self.train), val=kept("val", self.val), test=kept("test", self.test))
 
     def without_test(self) -> Splits:
         """What a trial may see: train and validation, with an empty test split."""
@@ -101,7 +102,7 @@ def _carve(y: np.ndarray, pool: np.ndarray, fraction: float, key: str, name: str
         take[np.argsort(take - quota, kind="stable")[:short]] += 1
     take = np.where(counts >= 2, np.clip(take, 1, counts - 1), 0)
     carved, rest = [], []
-    for m, k in zip(members, take):
+    for m, k in zip(members, take, strict=True):
         shuffled = rng.permutation(m)
         carved.append(shuffled[:k])
         rest.append(shuffled[k:])

@@ -114,7 +114,8 @@ def measure_onnx(path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray
     options.intra_op_num_threads = THREADS
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    preds = [session.run(None, {name: x[i : i + 256].astype("float32")})[0].argmax(axis=1) for i in range(0, len(x), 256)]
+    preds = [session.run(None, {name: x[i : i + 256].astype("float32")})[0].argmax(axis=1)
+             for i in range(0, len(x), 256)]
     latency = _latency(lambda s: session.run(None, {name: s.astype("float32")}), x, runs)
     return _measurement(np.concatenate(preds), y, reference, latency)
 

@@ -8,6 +8,7 @@ never a mid-search checkpoint; the manifest says so.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -25,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.errors import NasError
-from nas.export.source import ExportSource, candidate, choose
+from nas.export.source import candidate, choose
 from nas.rundir import RunDir, atomic_write, claim_for_export
 from nas.tf_setup import silenced_stderr
 from nas.trial import trial_seed
@@ -140,7 +141,8 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         report = {"target": sparsity, **pruning.sparsity_report(model)}
         training.update(finetune_epochs=cfg.finetune_epochs, sparsity_ramp="polynomial (cubic) over the first half",
                         test_accuracy_pruned=_accuracy(model, x_test, y_test))
-        console.print(f"pruned to {report['overall']:.1%} zero weights: test accuracy {training['test_accuracy_pruned']:.4f}")
+        console.print(f"pruned to {report['overall']:.1%} zero weights: test accuracy "
+                      f"{training['test_accuracy_pruned']:.4f}")
 
     from nas.export.artifacts import build_artifacts
 
@@ -176,7 +178,8 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     console.print(_table(manifest))
     failed = [k for k, v in artifacts.items() if v["status"] != "ok"]
-    console.print(f"wrote {out}/ (manifest.json)" + (f"; failed: {', '.join(failed)} (reasons in the manifest)" if failed else ""))
+    console.print(f"wrote {out}/ (manifest.json)" + (f"; failed: {', '.join(failed)} (reasons in the "
+                                                     "manifest)" if failed else ""))
 
     from nas.export.registry import ExportTrackingError, log_and_register
 
@@ -196,10 +199,8 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("nas", "tensorflow", "keras", "ai-edge-litert", "tf2onnx", "onnxruntime", "onnx"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 

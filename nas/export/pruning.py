@@ -44,7 +44,8 @@ class Schedule:
         if step >= self.end_step:
             return self.final
         progress = (step - self.begin_step) / max(1, self.end_step - self.begin_step)
-        return self.final * (1.0 - (1.0 - progress) ** self.power)
+        ramp: float = (1.0 - progress) ** self.power
+        return self.final * (1.0 - ramp)
 
 
 class MagnitudePruning(keras.callbacks.Callback):

@@ -7,7 +7,7 @@ YAML forms, for any searchable key:
     depth: {low: 2, high: 5}            # int range (inclusive), optional step
     learning_rate: {low: 1e-4, high: 1e-2, log: true}   # float range, optional log scale
 
-`dim(...)` returns an annotated pydantic type that parses these forms into frozen value objects whose
+`Annotated[Dim, dim(...)]` is a pydantic type that parses these forms into frozen value objects whose
 errors quote the offending values (Optuna's lesson), so a spec error reads like a fix.
 """
 
@@ -16,9 +16,11 @@ from __future__ import annotations
 import difflib
 import math
 import reprlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, cast
 
+from annotated_types import GroupedMetadata
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -210,7 +212,8 @@ class _Rule:
         if low > high:
             raise _fail(f"`low <= high` must hold, but got low={shown(low)} and high={shown(high)}; swap them")
         if log and low <= 0:
-            raise _fail(f"a log-scale range needs low > 0, but got low={shown(low)}; use a small positive low such as 1e-5")
+            raise _fail(f"a log-scale range needs low > 0, but got low={shown(low)}; use a small positive low such as "
+                        "1e-5")
         step = raw.get("step")
         if step is not None:
             if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
@@ -233,7 +236,8 @@ class _Rule:
             scalar = {"type": "boolean"}
         else:
             scalar = {"type": "integer" if self.kind == "int" else "number"}
-            for key, name in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")):
+            bounds = (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum"))
+            for key, name in bounds:
                 if getattr(self, key) is not None:
                     scalar[name] = getattr(self, key)
         forms: list[dict[str, Any]] = [
@@ -252,13 +256,31 @@ class _Rule:
         return {"anyOf": forms}
 
 
+@dataclass(frozen=True)
+class DimRules(GroupedMetadata):
+    """The pydantic metadata of a searchable key: parse the YAML forms by `rule`, write them back, describe them.
+
+    Grouped metadata (like `annotated_types.Interval`): pydantic unpacks it inside `Annotated`.
+    """
+
+    rule: _Rule
+
+    def __iter__(self) -> Iterator[object]:
+        yield PlainValidator(self.rule.parse)
+        yield PlainSerializer(to_yaml_form)
+        yield WithJsonSchema(self.rule.json_schema())
+
+
 def dim(kind: Kind, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
-        le: float | None = None, options: tuple[str, ...] = ()) -> Any:
-    """An annotated type for a searchable spec key with the given value rules."""
-    rule = _Rule(kind, ge=ge, gt=gt, lt=lt, le=le, options=options)
-    return Annotated[
-        Dim,
-        PlainValidator(rule.parse),
-        PlainSerializer(to_yaml_form),
-        WithJsonSchema(rule.json_schema()),
-    ]
+        le: float | None = None, options: tuple[str, ...] = ()) -> DimRules:
+    """The metadata of a searchable spec key with the given value rules: `key: Annotated[Dim, dim(...)]`."""
+    return DimRules(_Rule(kind, ge=ge, gt=gt, lt=lt, le=le, options=options))
+
+
+def default(raw: Any) -> Dim:
+    """A searchable key's default, written as in YAML (`= default(3)`).
+
+    The field stores `raw` and `validate_default` parses it into a `Dim` on every instance, so the attribute is
+    always a `Dim`; the cast says so to mypy, and the JSON schema still shows the YAML form.
+    """
+    return cast(Dim, raw)

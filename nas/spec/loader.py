@@ -12,13 +12,14 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from nas.errors import SpecError
 from nas.spec.dims import did_you_mean, shown
 from nas.spec.model import FiltersGrowth, Section, Spec
 
 Loc = tuple[str | int, ...]
-_MODEL_NAMES = {cls.__name__ for cls in (Section, *Section.__subclasses__())}
+_MODEL_NAMES = {Section.__name__, *(cls.__name__ for cls in Section.__subclasses__())}
 
 # Keys that may change between a search and its resume: the budget and how trials are run, never what
 # is searched. Dotted prefixes of `flat_keys`.
@@ -118,7 +119,8 @@ def _line_map(text: str, path: str) -> tuple[Any, dict[Loc, int]]:
                 key = key_node.value
                 if key in seen:
                     where = ".".join(str(p) for p in (*loc, key))
-                    raise SpecError(path, [f"{path}:{key_node.start_mark.line + 1}: {where}: the key appears twice; keep one"])
+                    raise SpecError(path, [f"{path}:{key_node.start_mark.line + 1}: {where}: the key appears twice; "
+                                           "keep one"])
                 seen.add(key)
                 lines[(*loc, key)] = key_node.start_mark.line + 1
                 walk(value_node, (*loc, key))
@@ -156,7 +158,7 @@ def _is_branch_tag(part: str | int) -> bool:
     return isinstance(part, str) and (part in _MODEL_NAMES or re.match(r"function-[a-z]+\[", part) is not None)
 
 
-def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
+def _message(err: ErrorDetails, path: str, lines: dict[Loc, int]) -> str:
     # drop pydantic's union-branch tags ("FiltersGrowth", "function-plain[parse()]") from the path
     loc: Loc = tuple(p for p in err["loc"] if not _is_branch_tag(p))
     # the closest line we know: the key itself, else its parent
@@ -196,8 +198,9 @@ def _message(err: dict[str, Any], path: str, lines: dict[Loc, int]) -> str:
 # pydantic error type -> what the key expected, in the words of the rest of our messages
 _TYPE_WORDS = {
     "int_parsing": "a whole number", "int_from_float": "a whole number", "int_type": "a whole number",
-    "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number", "bool_parsing": "true or false",
-    "bool_type": "true or false", "string_type": "a string (quote it if YAML reads it as something else)",
+    "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
+    "bool_parsing": "true or false", "bool_type": "true or false",
+    "string_type": "a string (quote it if YAML reads it as something else)",
     "list_type": "a list, e.g. [a, b]", "tuple_type": "a list, e.g. [28, 28]",
 }
 _BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
@@ -224,7 +227,7 @@ def _close_keys(loc: Loc) -> list[str]:
     return difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1, cutoff=0.5) if owner else []
 
 
-def _is_losing_union_branch(err: dict[str, Any]) -> bool:
+def _is_losing_union_branch(err: ErrorDetails) -> bool:
     """`filters` is a number form or a {base, growth} mapping: report only the branch the input aimed at."""
     tagged = [p for p in err["loc"] if _is_branch_tag(p)]
     return bool(tagged) and err["type"] == "model_type"
@@ -236,7 +239,8 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         raise SpecError(path, [f"{path}: the spec is empty; expected a YAML mapping with sections name, data, space, "
                                "... (start from search_spaces/digits.yaml)"])
     if not isinstance(data, dict):
-        raise SpecError(path, [f"{path}: expected a YAML mapping with sections name, data, space, ... but the file holds {type(data).__name__}; start from search_spaces/digits.yaml"])
+        raise SpecError(path, [f"{path}: expected a YAML mapping with sections name, data, space, ... but the file "
+                               f"holds {type(data).__name__}; start from search_spaces/digits.yaml"])
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
@@ -254,7 +258,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(str(path), [f"{path}: no such spec file; check the path (shipped examples are in search_spaces/)"]) from None
+        raise SpecError(str(path), [f"{path}: no such spec file; check the path (shipped examples are in "
+                                    "search_spaces/)"]) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise SpecError(str(path), [f"{path}: cannot read the spec ({exc.__class__.__name__}); pass a readable UTF-8 YAML file"]) from None
+        raise SpecError(str(path), [f"{path}: cannot read the spec ({exc.__class__.__name__}); pass a readable UTF-8 "
+                                    "YAML file"]) from None
     return LoadedSpec(spec=parse_spec(text, str(path)), path=p.resolve(), text=text, shown=str(path))

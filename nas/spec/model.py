@@ -11,14 +11,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from nas.spec.dims import _Rule, dim, shown
+from nas.spec.dims import Dim, _Rule, default, dim, shown
 
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "leaky_relu", "tanh", "selu", "mish")
 POOLINGS = ("max", "avg", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 HEADS = ("gap", "flatten")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
-METRICS = {  # objective metric -> natural direction
+Direction = Literal["maximize", "minimize"]
+METRICS: dict[str, Direction] = {  # objective metric -> natural direction
     "val_accuracy": "maximize",
     "val_loss": "minimize",
     "params": "minimize",
@@ -47,32 +48,38 @@ Duration = Annotated[PositiveSeconds | None, BeforeValidator(_duration)]
 
 
 class DataSpec(Section):
-    source: str = Field(description="digits | idx:<dir> | npz:<file> | folder:<dir> | keras:<name>; paths are relative to the spec file")
-    validation_fraction: float = Field(0.15, gt=0, lt=1, description="share of the training data the search validates on")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share carved when the source has no test split")
-    split_seed: int = Field(0, ge=0, description="seeds the validation and test carving; independent of search.seed, so "
+    source: str = Field(description="digits | idx:<dir> | npz:<file> | folder:<dir> | keras:<name>; paths are relative "
+                                    "to the spec file")
+    validation_fraction: float = Field(0.15, gt=0, lt=1,
+                                       description="share of the training data the search validates on")
+    test_fraction: float = Field(0.2, gt=0, lt=1,
+                                 description="held-out test share carved when the source has no test split")
+    split_seed: int = Field(0, ge=0,
+                            description="seeds the validation and test carving; independent of search.seed, so "
                             "searches with different seeds are scored on the same test split")
-    image_size: tuple[int, int] | None = Field(None, description="folder sources: resize every image to [height, width]")
+    image_size: tuple[int, int] | None = Field(None,
+                                               description="folder sources: resize every image to [height, width]")
     color_mode: Literal["rgb", "grayscale"] | None = Field(None, description="folder sources: channel layout")
-    pixel_max: float | None = Field(None, gt=0, description="largest raw pixel value; inferred from the data when omitted")
+    pixel_max: float | None = Field(None, gt=0,
+                                    description="largest raw pixel value; inferred from the data when omitted")
 
 
 class AugmentSpec(Section):
     """Augmentation applied to training batches in tf.data only (never inside the exported model)."""
 
-    flip: dim("str", options=FLIPS) = "none"
-    rotation: dim("float", ge=0, le=0.5) = 0.0
-    translation: dim("float", ge=0, lt=1) = 0.0
-    zoom: dim("float", ge=0, lt=1) = 0.0
-    contrast: dim("float", ge=0, lt=1) = 0.0
+    flip: Annotated[Dim, dim("str", options=FLIPS)] = default("none")
+    rotation: Annotated[Dim, dim("float", ge=0, le=0.5)] = default(0.0)
+    translation: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
+    zoom: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
+    contrast: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
     fill_mode: Literal["reflect", "constant", "nearest", "wrap"] = "reflect"
 
 
 class FiltersGrowth(Section):
     """Block i (1-based) gets round(base * growth ** (i - 1)) filters."""
 
-    base: dim("int", ge=1)
-    growth: dim("float", ge=1) = 2.0
+    base: Annotated[Dim, dim("int", ge=1)]
+    growth: Annotated[Dim, dim("float", ge=1)] = default(2.0)
 
 
 _FILTERS = _Rule("int", ge=1)  # the per-block form of space.filters; must match the annotation below
@@ -89,24 +96,25 @@ def _filters(raw: Any) -> Any:
 
 
 class HeadSpec(Section):
-    type: dim("str", options=HEADS) = "gap"
-    depth: dim("int", ge=0) = 1
-    width: dim("int", ge=1) = 128
-    dropout: dim("float", ge=0, lt=1) = 0.0
+    type: Annotated[Dim, dim("str", options=HEADS)] = default("gap")
+    depth: Annotated[Dim, dim("int", ge=0)] = default(1)
+    width: Annotated[Dim, dim("int", ge=1)] = default(128)
+    dropout: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
 
 
 class SpaceSpec(Section):
     """The architecture. Block-level keys are sampled once per block (block.1.*, block.2.*, ...)."""
 
-    depth: dim("int", ge=1, le=32)
-    filters: Annotated[FiltersGrowth | dim("int", ge=1), BeforeValidator(_filters)] = 32  # see _FILTERS
-    kernel_size: dim("int", ge=1) = 3
-    strides: dim("int", ge=1) = 1
-    convs_per_block: dim("int", ge=1) = 1
-    pooling: dim("str", options=POOLINGS) = "max"
-    dropout: dim("float", ge=0, lt=1) = 0.0
-    activation: dim("str", options=ACTIVATIONS) = "relu"
-    batch_norm: dim("bool") = True
+    depth: Annotated[Dim, dim("int", ge=1, le=32)]
+    # see _FILTERS
+    filters: Annotated[FiltersGrowth | Annotated[Dim, dim("int", ge=1)], BeforeValidator(_filters)] = default(32)
+    kernel_size: Annotated[Dim, dim("int", ge=1)] = default(3)
+    strides: Annotated[Dim, dim("int", ge=1)] = default(1)
+    convs_per_block: Annotated[Dim, dim("int", ge=1)] = default(1)
+    pooling: Annotated[Dim, dim("str", options=POOLINGS)] = default("max")
+    dropout: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
+    activation: Annotated[Dim, dim("str", options=ACTIVATIONS)] = default("relu")
+    batch_norm: Annotated[Dim, dim("bool")] = default(True)
     head: HeadSpec = HeadSpec()
     per_block: bool = Field(True, description="sample block-level keys per block (false: one value for all blocks)")
     max_params: int | None = Field(None, ge=1, description="reject larger models before training")
@@ -114,20 +122,22 @@ class SpaceSpec(Section):
 
 class TrainSpec(Section):
     epochs: int = Field(10, ge=1, description="epoch budget of one trial")
-    optimizer: dim("str", options=OPTIMIZERS) = "adam"
-    learning_rate: dim("float", gt=0, lt=10) = 1e-3
-    weight_decay: dim("float", ge=0, lt=1) = 0.0
+    optimizer: Annotated[Dim, dim("str", options=OPTIMIZERS)] = default("adam")
+    learning_rate: Annotated[Dim, dim("float", gt=0, lt=10)] = default(1e-3)
+    weight_decay: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
-    batch_size: dim("int", ge=1, le=65536) = 64
-    label_smoothing: dim("float", ge=0, lt=1) = 0.0
-    early_stopping: int | None = Field(None, ge=1, description="stop a trial after this many epochs without a better val_accuracy")
-    bn_momentum: float = Field(0.9, gt=0, lt=1, description="0.9, not Keras' 0.99: short trials need fast BN statistics")
+    batch_size: Annotated[Dim, dim("int", ge=1, le=65536)] = default(64)
+    label_smoothing: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
+    early_stopping: int | None = Field(None, ge=1,
+                                       description="stop a trial after this many epochs without a better val_accuracy")
+    bn_momentum: float = Field(0.9, gt=0, lt=1,
+                               description="0.9, not Keras' 0.99: short trials need fast BN statistics")
     deterministic: bool = Field(True, description="bit-identical runs for a seed (op determinism)")
 
 
 class Objective(Section):
     metric: Literal["val_accuracy", "val_loss", "params", "flops"]
-    direction: Literal["maximize", "minimize"] | None = None
+    direction: Direction | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -135,7 +145,7 @@ class Objective(Section):
         return {"metric": raw} if isinstance(raw, str) else raw
 
     @property
-    def resolved_direction(self) -> str:
+    def resolved_direction(self) -> Direction:
         return self.direction or METRICS[self.metric]
 
 
@@ -143,7 +153,8 @@ class HyperbandSpec(Section):
     """KerasTuner Hyperband: brackets of successive halving, each round keeps 1/factor of the trials."""
 
     max_epochs: int | None = Field(None, ge=1, description="most epochs one trial trains; default: train.epochs")
-    factor: int = Field(3, ge=2, description="reduction factor: each round keeps 1/factor of the trials, trains factor x longer")
+    factor: int = Field(3, ge=2,
+                        description="reduction factor: each round keeps 1/factor of the trials, trains factor x longer")
 
 
 _OPTUNA_ONLY = ("sampler", "pruner", "warmup_epochs")
@@ -164,10 +175,13 @@ class SearchSpec(Section):
         None, exclude_if=lambda v: v is None, description="keras-tuner hyperband: {max_epochs, factor}")
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
-    trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors gets a replacement); a rerun resumes up to this. "
-                        "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and factor)")
+    trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors "
+                                              "gets a replacement); a rerun resumes up to this. "
+                        "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and "
+                        "factor)")
     timeout: Duration = Field(None, description="stop starting new trials after this long, e.g. 30m, 2h")
-    trial_timeout: Duration = Field(None, description="fail a trial that trains longer than this (e.g. 20m) and replace "
+    trial_timeout: Duration = Field(None,
+                                    description="fail a trial that trains longer than this (e.g. 20m) and replace "
                                     "its worker; the search goes on")
     seed: int = Field(0, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_accuracy")], min_length=1)
@@ -205,7 +219,8 @@ class SearchSpec(Section):
                              f"{self.algorithm!r}; remove search.hyperband, or set `algorithm: hyperband`")
         if "startup_trials" in given and self.algorithm != "bayesian":
             raise ValueError(f"search.startup_trials (random points before the Gaussian process) is for "
-                             f"algorithm bayesian only, but algorithm is {self.algorithm!r}; remove search.startup_trials")
+                             f"algorithm bayesian only, but algorithm is {self.algorithm!r}; remove "
+                             "search.startup_trials")
         if len(self.objectives) > 1:
             raise ValueError(f"backend keras-tuner optimizes one objective, but {len(self.objectives)} are set; keep "
                              "one, or use `backend: optuna` for a multi-objective search")
@@ -220,7 +235,8 @@ class SearchSpec(Section):
                     "set `pruner: none` for a multi-objective search"
                 )
             if self.sampler == "cmaes":
-                raise ValueError("sampler 'cmaes' is single-objective; use tpe, random, gp or qmc for several objectives")
+                raise ValueError("sampler 'cmaes' is single-objective; use tpe, random, gp or qmc for several "
+                                 "objectives")
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives repeat a metric: {names}; list each metric once")
@@ -233,8 +249,12 @@ class TrackingSpec(Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: the spec name")
 
 
-EXPORT_FORMATS = ("keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx")
-ExportFormat = Literal["keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"]
+ExportFormat = Literal[
+    "keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"
+]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = (
+    "keras", "saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx"
+)
 
 
 class ExportSpec(Section):
@@ -243,12 +263,14 @@ class ExportSpec(Section):
     after_search: bool = Field(False, description="run the export when `nas search` completes")
     retrain_epochs: int | None = Field(None, ge=1, description="epochs on train+val; default train.epochs")
     sparsity: float = Field(0.5, ge=0, lt=1, description="target zero share of Conv2D/Dense kernels; 0 skips pruning")
-    finetune_epochs: int = Field(4, ge=1, description="epochs of pruning fine-tuning (sparsity ramps up over the first half)")
+    finetune_epochs: int = Field(4, ge=1,
+                                 description="epochs of pruning fine-tuning (sparsity ramps up over the first half)")
     formats: list[ExportFormat] = Field(default_factory=lambda: list(EXPORT_FORMATS), min_length=1)
     int8_io: bool = Field(True, description="tflite-int8 takes and returns int8 (false: float32 in and out)")
     calibration_samples: int = Field(200, ge=1, description="training images that calibrate int8 quantization")
     latency_runs: int = Field(200, ge=10, description="batch-1 invocations timed per artifact (median reported)")
-    registry: ExportFormat | None = Field("tflite-int8", description="artifact registered in the MLflow Model Registry (null: none)")
+    registry: ExportFormat | None = Field("tflite-int8",
+                                          description="artifact registered in the MLflow Model Registry (null: none)")
 
     @model_validator(mode="after")
     def _register_is_exported(self) -> ExportSpec:
