@@ -53,7 +53,7 @@ def show(run_dir: Path, console: Console, top: int = 10) -> None:
     from nas.leaderboard import table
     from nas.report.data import load
 
-    data = load(Path(run_dir), with_mlflow=False)
+    data = load(Path(run_dir), with_mlflow=False, with_curves=False)
     board, counts = data.board, data.counts()
     total = data.spec.search.trials if data.spec is not None else None
     done = sum(counts.get(s, 0) for s in COUNTED)

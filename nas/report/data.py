@@ -80,8 +80,9 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load(run_dir: Path, with_mlflow: bool = True) -> SearchData:
-    """Everything the report and `nas status` show. NasError when `run_dir` is not a search's run directory."""
+def load(run_dir: Path, with_mlflow: bool = True, with_curves: bool = True) -> SearchData:
+    """Everything the report and `nas status` show. NasError when `run_dir` is not a search's run directory.
+    `with_curves=False` reads files only (no MLflow, no Optuna storage): what `nas status` needs."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NasError(f"{run_dir}: no such run directory; give one made by `nas search`, e.g. runs/<name>")
@@ -109,6 +110,8 @@ def load(run_dir: Path, with_mlflow: bool = True) -> SearchData:
                       meta=_json(run_dir / "run.json"), best=_json(run_dir / "best" / "metrics.json"),
                       best_arch=_json(run_dir / "best" / "arch.json"), manifest=manifest, objectives=objectives,
                       notes=notes)
+    if not with_curves:
+        return data
     if with_mlflow and data.meta.get("mlflow_parent_run_id") and data.meta.get("tracking_uri"):
         try:
             _from_mlflow(data)
