@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nas.arch import ArchConfig, BlockConfig
+from nas.schedule import resolve_warmup
 from nas.spec.dims import Choice, Dim, Fixed, FloatRange, IntRange, cardinality, is_searchable
 from nas.spec.model import FiltersGrowth, Spec
 
 BLOCK_KEYS = ("kernel_size", "strides", "convs_per_block", "pooling", "dropout")
 _GLOBAL_SPACE_KEYS = ("activation", "batch_norm")
 _HEAD_KEYS = ("type", "depth", "width", "dropout")
-_TRAIN_KEYS = ("optimizer", "learning_rate", "weight_decay", "batch_size", "label_smoothing")
+_TRAIN_KEYS = ("optimizer", "learning_rate", "schedule", "weight_decay", "batch_size", "label_smoothing")
 _AUGMENT_KEYS = ("flip", "rotation", "translation", "zoom", "contrast")
 
 
@@ -45,6 +46,8 @@ class TrainConfig:
     early_stopping: int | None
     deterministic: bool
     augment: dict[str, Any]
+    schedule: str = "constant"
+    warmup: float = 0.0  # resolved: the share of the planned steps spent warming up
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,8 @@ class SearchSpace:
             early_stopping=t.early_stopping,
             deterministic=t.deterministic,
             augment=augment,
+            schedule=(schedule := str(self.value("train.schedule", params))),
+            warmup=resolve_warmup(schedule, t.warmup),
         )
         return Candidate(arch=arch, train=train)
 

@@ -19,24 +19,40 @@ from nas.builder import build_model
 from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
 from nas.data.splits import Splits
 from nas.errors import InvalidArchitecture
+from nas.schedule import learning_rate, start_at_epoch
 from nas.space import TrainConfig
 from nas.trial import EPOCH_METRICS, EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
 
-def make_optimizer(t: TrainConfig) -> keras.optimizers.Optimizer:
+def make_optimizer(t: TrainConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The spec's optimizer, its learning rate following `t.schedule` over `total_steps` (the fit's planned
+    optimizer steps; needed by every schedule but a plain constant rate)."""
+    if total_steps is None and (t.schedule != "constant" or t.warmup):
+        raise ValueError(f"train.schedule {t.schedule!r} (warmup {t.warmup}) needs the fit's planned steps: "
+                         "pass total_steps = steps per epoch x planned epochs")
+    lr = learning_rate(t.schedule, t.learning_rate, t.warmup, total_steps or 1)
     # Keras 3 applies weight_decay decoupled in every optimizer, so "adam" with decay would just be AdamW
     # under another name; adam stays plain Adam, and weight_decay applies to adamw and sgd.
     wd = t.weight_decay or None
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(t.learning_rate)
+        return keras.optimizers.Adam(lr)
     if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
-    return keras.optimizers.SGD(t.learning_rate, momentum=t.momentum, nesterov=True, weight_decay=wd)
+        return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay)
+    return keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, weight_decay=wd)
 
 
-def compile_for_training(model: keras.Model, t: TrainConfig) -> None:
-    """The one place a model is compiled for training: every trial, and export's retraining of the winner."""
-    model.compile(optimizer=make_optimizer(t),
+def steps_per_epoch(ds: Any) -> int:
+    """Batches in one pass over a finite training dataset."""
+    n = int(ds.cardinality())
+    if n <= 0:
+        raise ValueError(f"the training dataset's length is unknown (cardinality {n}); a schedule needs it")
+    return n
+
+
+def compile_for_training(model: keras.Model, t: TrainConfig, *, steps_per_epoch: int, epochs: int) -> None:
+    """The one place a model is compiled for training: every trial, and export's retraining of the winner.
+    The learning rate follows `t.schedule` over `epochs` planned epochs of `steps_per_epoch` steps each."""
+    model.compile(optimizer=make_optimizer(t, steps_per_epoch * epochs),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
@@ -134,11 +150,15 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
     keras.utils.set_random_seed(task.seed)
     model = build_model(arch)
-    compile_for_training(model, cfg)
     train_ds = train_dataset(
         splits.train, num_classes=arch.num_classes, batch_size=cfg.batch_size,
         augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
     )
+    # The schedule spans the trial's planned epochs (not where a prune or early stop ends it), and a trial
+    # resumed at initial_epoch continues it where training straight through would be.
+    steps = steps_per_epoch(train_ds)
+    compile_for_training(model, cfg, steps_per_epoch=steps, epochs=task.epochs)
+    start_at_epoch(model.optimizer, task.initial_epoch, steps)
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
     cb = _EpochCallback(on_epoch, task, cfg.early_stopping)
     try:

@@ -62,12 +62,13 @@ def _fit(model: Any, cand: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed:
          callbacks: list[Any] | None = None) -> None:
     from nas.data.pipeline import Augmentation, train_dataset
     from nas.data.splits import Split
-    from nas.train import compile_for_training
+    from nas.train import compile_for_training, steps_per_epoch
 
     cfg = cand.train
-    compile_for_training(model, cfg)
     ds = train_dataset(Split(x, y), num_classes=cand.arch.num_classes, batch_size=cfg.batch_size,
                        augmentation=Augmentation(**cfg.augment), pixel_max=cand.arch.pixel_max, seed=seed)
+    # the trial's train.schedule, over this fit's own epochs
+    compile_for_training(model, cfg, steps_per_epoch=steps_per_epoch(ds), epochs=epochs)
     model.fit(ds, epochs=epochs, callbacks=callbacks or [], shuffle=False, verbose=0)
 
 
@@ -125,6 +126,7 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
             silenced_stderr():
         _fit(model, cand, x_all, y_all, epochs, seed)
     training: dict[str, Any] = {"retrain_epochs": epochs, "retrain_images": int(len(y_all)),
+                                "schedule": f"{cand.train.schedule} (warmup {cand.train.warmup:g})",
                                 "test_accuracy_retrained": _accuracy(model, x_test, y_test),
                                 "retrain_seconds": round(time.perf_counter() - t0, 1)}
     console.print(f"retrained trial {src.trial}: test accuracy {training['test_accuracy_retrained']:.4f}")

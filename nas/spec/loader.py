@@ -28,7 +28,7 @@ RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.tria
 
 # Keys added after run dirs existed, left out of the spec's identity while at their default, so that a run
 # made before the key existed still resumes (its hash, and so its run dir, stay the same).
-NEUTRAL_DEFAULTS: dict[str, Any] = {"data.split_seed": 0}
+NEUTRAL_DEFAULTS: dict[str, Any] = {"data.split_seed": 0, "train.schedule": "constant", "train.warmup": None}
 
 
 def flat_keys(spec: Spec) -> dict[str, Any]:

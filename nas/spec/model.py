@@ -16,6 +16,7 @@ from nas.spec.dims import Dim, _Rule, default, dim, shown
 ACTIVATIONS = ("relu", "gelu", "swish", "elu", "leaky_relu", "tanh", "selu", "mish")
 POOLINGS = ("max", "avg", "none")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "one_cycle")
 HEADS = ("gap", "flatten")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 Direction = Literal["maximize", "minimize"]
@@ -124,6 +125,10 @@ class TrainSpec(Section):
     epochs: int = Field(10, ge=1, description="epoch budget of one trial")
     optimizer: Annotated[Dim, dim("str", options=OPTIMIZERS)] = default("adam")
     learning_rate: Annotated[Dim, dim("float", gt=0, lt=10)] = default(1e-3)
+    schedule: Annotated[Dim, dim("str", options=SCHEDULES)] = default("constant")
+    warmup: float | None = Field(None, ge=0, lt=1,
+                                 description="share of a fit's planned steps spent ramping the learning "
+                                 "rate up; default 0 for constant, 0.05 for cosine, 0.25 for one_cycle")
     weight_decay: Annotated[Dim, dim("float", ge=0, lt=1)] = default(0.0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
     batch_size: Annotated[Dim, dim("int", ge=1, le=65536)] = default(64)
