@@ -60,6 +60,56 @@ def extremes(space: SearchSpace, data: DataInfo, seed: int = 0, max_params: int 
     return chosen, [f for f, _ in seen]
 
 
+#: the smallest early-rung subset worth training on: below it, rungs use all the training data
+MIN_SUBSET = 1000
+#: the smallest share of the training data an early rung trains on
+MIN_SHARE = 1 / 9
+
+#: (the last epoch of a stage, the share of the training data its epochs train on)
+Stages = tuple[tuple[int, float], ...]
+
+
+def rung_epochs(pruner: str, warmup_epochs: int, epochs: int) -> list[int]:
+    """The epochs at which the pruner thins the field: successive halving (and each Hyperband bracket) at 1, 3,
+    9, ... from warmup_epochs; the median pruner, modelled as one cut at its first epoch after warm-up."""
+    first = min(max(1, warmup_epochs), epochs)
+    if pruner in ("successive_halving", "hyperband"):
+        r, out = first, []
+        while r < epochs:
+            out.append(r)
+            r *= 3
+        return [*out, epochs]
+    if pruner == "median" and first < epochs:
+        return [first, epochs]
+    return [epochs]
+
+
+def rung_stages(pruner: str, warmup_epochs: int, epochs: int, n_train: int) -> Stages:
+    """Cheap early rungs: the epochs up to each rung train on a third of the data the next rung does (at least
+    MIN_SHARE, and at least MIN_SUBSET images); the last stage on all of it. Validation never changes, so the
+    trials of one rung are compared on the same data at the same fidelity."""
+    rungs = rung_epochs(pruner, warmup_epochs, epochs)
+    stages: list[tuple[int, float]] = []
+    for i, r in enumerate(rungs):
+        share = max(MIN_SHARE, 3.0 ** -(len(rungs) - 1 - i), MIN_SUBSET / max(1, n_train))
+        share = 1.0 if share > 0.5 else share  # a subset that saves less than half is not a cheap rung
+        if stages and stages[-1][1] == share:
+            stages[-1] = (r, share)  # same data as the stage before: one stage
+        else:
+            stages.append((r, share))
+    return tuple(stages) if len(stages) > 1 else ()
+
+
+def describe_stages(stages: Stages) -> str:
+    """ "epochs 1 on 1/9 of the training data, 2-3 on 1/3, 4-12 on all" """
+    parts, prev = [], 0
+    for end, share in stages:
+        span = f"epoch {end}" if end == prev + 1 else f"epochs {prev + 1}-{end}"
+        parts.append(f"{span} on {'all' if share >= 1 else f'1/{round(1 / share)}'}")
+        prev = end
+    return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class BudgetPlan:
     budget_s: float
@@ -72,6 +122,7 @@ class BudgetPlan:
     warmup_epochs: int
     probe_s: float = 0.0
     spent_s: float = 0.0  # of the budget, before the first trial: start-up (data, MLflow, worker) and the probe
+    stages: Stages = ()  # cheap early rungs (rung_stages); () = every epoch on all the training data
 
     @property
     def left_s(self) -> float:
@@ -85,12 +136,19 @@ class BudgetPlan:
         slope = (b.seconds_per_sample - a.seconds_per_sample) / (b.flops - a.flops)
         return max(a.seconds_per_sample, a.seconds_per_sample + slope * (flops - a.flops))
 
-    def epoch_seconds(self, flops: int) -> float:
-        # validation is a forward pass (about a third of a training step) over the validation split
-        return self.seconds_per_sample(flops) * (self.n_train + self.n_val / 3)
+    def epoch_seconds(self, flops: int, share: float = 1.0) -> float:
+        # validation is a forward pass (about a third of a training step) over the whole validation split
+        return self.seconds_per_sample(flops) * (self.n_train * share + self.n_val / 3)
+
+    def _stages(self) -> Stages:
+        return self.stages or ((self.epochs, 1.0),)
 
     def trial_seconds(self, flops: int) -> float:
-        return self.epoch_seconds(flops) * self.epochs
+        """A full-fidelity trial: every stage's epochs, each on its share of the data."""
+        total, prev = 0.0, 0
+        for end, share in self._stages():
+            total, prev = total + (end - prev) * self.epoch_seconds(flops, share), end
+        return total
 
     @property
     def max_flops(self) -> int | None:
@@ -103,23 +161,15 @@ class BudgetPlan:
         return max(fits)
 
     def rungs(self) -> list[int]:
-        """The epochs at which the pruner thins the field: successive halving keeps a third at each rung (epochs
-        1, 3, 9, ... from warmup_epochs); the median pruner, modelled here as one cut at its first epoch after
-        warm-up, keeps half."""
-        first = min(max(1, self.warmup_epochs), self.epochs)
-        if self.pruner in ("successive_halving", "hyperband"):
-            r, out = first, []
-            while r < self.epochs:
-                out.append(r)
-                r *= 3
-            return [*out, self.epochs]
-        if self.pruner == "median" and first < self.epochs:
-            return [first, self.epochs]
-        return [self.epochs]
+        return rung_epochs(self.pruner, self.warmup_epochs, self.epochs)
 
     @property
     def keep(self) -> int:
+        """1 in `keep` of the trials at a rung goes on: a third under successive halving, half under the median."""
         return 2 if self.pruner == "median" else 3
+
+    def _share_at(self, epoch: int) -> float:
+        return next(share for end, share in self._stages() if epoch <= end)
 
     def expected(self) -> tuple[float, float, float]:
         """(candidates the budget looks at, how many of them reach full fidelity, seconds per epoch of a typical
@@ -127,16 +177,23 @@ class BudgetPlan:
         flops = sorted(self.flops_seen)
         cap = self.max_flops
         allowed = [f for f in flops if cap is None or f <= cap] or flops
-        epoch = self.epoch_seconds(allowed[len(allowed) // 2])
+        typical = allowed[len(allowed) // 2]
+        epoch = self.epoch_seconds(typical)
         rungs, cost, share = self.rungs(), 0.0, 1.0
         prev = 0
         for i, r in enumerate(rungs):  # each rung keeps 1/keep of the trials that reached it
-            cost += share * (r - prev) * epoch
+            cost += share * sum(self.epoch_seconds(typical, self._share_at(e)) for e in range(prev + 1, r + 1))
             prev = r
             if i < len(rungs) - 1:
                 share /= self.keep
         n = self.left_s / cost
         return n, n * share, epoch
+
+    def _typical_trial_seconds(self) -> float:
+        flops = sorted(self.flops_seen)
+        cap = self.max_flops
+        allowed = [f for f in flops if cap is None or f <= cap] or flops
+        return self.trial_seconds(allowed[len(allowed) // 2])
 
     def lines(self) -> list[str]:
         flops = sorted(self.flops_seen)
@@ -152,8 +209,9 @@ class BudgetPlan:
             f"rungs ({self.pruner} pruner, about 1 in {self.keep} goes on at each): epochs "
             f"{' -> '.join(map(str, self.rungs()))}" if self.pruner != "none" else
             f"no pruner: every candidate trains {self.epochs} epochs",
+            *([f"early rungs on class-stratified subsets: {describe_stages(self.stages)}"] if self.stages else []),
             f"expected: about {n:.0f} candidates looked at, about {full:.1f} trained to full fidelity "
-            f"({self.epochs} epochs, about {_fmt_time(epoch * self.epochs)} each)",
+            f"({self.epochs} epochs, about {_fmt_time(self._typical_trial_seconds())} each)",
         ]
         cap = self.max_flops
         if cap is not None:
@@ -170,7 +228,7 @@ class BudgetPlan:
         return {"budget_s": self.budget_s, "spent_s": round(self.spent_s, 2), "probe_s": round(self.probe_s, 2),
                 "max_flops": self.max_flops,
                 "expected_candidates": round(n, 1), "expected_full_trials": round(full, 2),
-                "typical_epoch_s": round(epoch, 2), "rungs": self.rungs(),
+                "typical_epoch_s": round(epoch, 2), "rungs": self.rungs(), "stages": [list(s) for s in self.stages],
                 "probes": [vars(p) for p in self.probes]}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.arch import plan
-from nas.budget import BudgetPlan, cap_reason
+from nas.budget import BudgetPlan, Stages, cap_reason
 from nas.errors import InvalidArchitecture
 from nas.progress import Reporter
 from nas.rundir import RunDir, promote_best
@@ -36,11 +36,12 @@ class TrialObjective:
     def __init__(self, *, space: SearchSpace, data: DataInfo, runner: Runner, tracker: Tracker,
                  reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
                  best_value: float | None = None, max_params: int | None = None, deadline: float | None = None,
-                 budget_plan: BudgetPlan | None = None):
+                 budget_plan: BudgetPlan | None = None, stages: Stages = ()):
         self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
         self.reporter, self.run, self.objectives, self.seed = reporter, run, objectives, seed
         self.best_value, self.max_params = best_value, max_params
         self.deadline, self.budget_plan = deadline, budget_plan  # search.budget: when every trial stops; its plan
+        self.stages = stages  # cheap early rungs: the share of the training data each span of epochs trains on
         self.primary = objectives[0]
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
@@ -101,7 +102,8 @@ class TrialObjective:
         task = TrialTask(number=number, candidate=candidate, seed=trial_seed(self.seed, number), epochs=epochs,
                          initial_epoch=initial_epoch, save_model_to=str(pending), monitor=monitor, mode=mode,
                          # saving a model costs ~0.3 s: skip it when the trial cannot become the new best
-                         save_threshold=self.best_value if monitor == self.primary.metric else None)
+                         save_threshold=self.best_value if monitor == self.primary.metric else None,
+                         stages=self.stages)
         result = self.runner.run(task, on_epoch)
         result.metrics.update(params=float(shape.params), flops=float(shape.flops))
         if result.model_path:

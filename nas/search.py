@@ -284,6 +284,18 @@ def _make_runner(s: _Search) -> Any:
                          log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
 
 
+def early_rungs(spec: Any, n_train: int, epochs: int | None = None) -> Any:
+    """The stages of cheap early rungs (nas.budget.rung_stages) this search trains with, or () for none.
+    KerasTuner's Hyperband sets each trial's epochs itself: its rungs stay on all the data."""
+    from nas.budget import rung_stages
+
+    s = spec.search
+    wanted = s.rung_data == "subsets" or (s.rung_data == "auto" and s.budget is not None)
+    if not wanted or s.backend != "optuna":
+        return ()
+    return rung_stages(s.pruner, s.warmup_epochs, epochs or spec.train.epochs, n_train)
+
+
 def plan_budget(spec: Any, info: Any, splits: Any, runner: Any, seconds: float, epochs: int | None = None) -> Any:
     """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget)."""
     from nas.arch import plan
@@ -299,7 +311,8 @@ def plan_budget(spec: Any, info: Any, splits: Any, runner: Any, seconds: float, 
     probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec)
                    for c, sec in zip(chosen, per_sample, strict=True))
     return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
-                      tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started)
+                      tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
+                      stages=early_rungs(spec, len(splits.train.y), epochs))
 
 
 def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
@@ -336,7 +349,8 @@ def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any 
     objective = TrialObjective(space=s.space, data=s.info, runner=s.runner, tracker=s.tracker, reporter=reporter,
                                run=s.run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
                                best_value=best_value, max_params=spec.space.max_params, deadline=deadline,
-                               budget_plan=budget_plan)
+                               budget_plan=budget_plan,
+                               stages=early_rungs(spec, len(s.splits.train.y), s.backend.epochs))
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
                             best=best_value if primary.metric == "val_accuracy" else None)
     return reporter, objective
@@ -401,6 +415,10 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
 
         console.print(f"export.after_search: exporting trial {best_trial}")
         export(run_dir.root, ExportOptions(), console)
+        if spec.report:  # again, now with the export manifest's table
+            from nas.report import report_after_search
+
+            report_after_search(run_dir.root, console)
     return SearchSummary(run_dir, stop_reason, counts, best_trial, best_metrics)
 
 

@@ -17,10 +17,10 @@ import keras
 from nas.arch import plan
 from nas.builder import build_model
 from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
-from nas.data.splits import Splits
+from nas.data.splits import Split, Splits, subset
 from nas.errors import InvalidArchitecture
 from nas.schedule import learning_rate, start_at_epoch
-from nas.space import TrainConfig
+from nas.space import Candidate, TrainConfig
 from nas.trial import EPOCH_METRICS, EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
 
@@ -94,6 +94,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.stopped: tuple[TrialState, str] | None = None  # (state, reason)
         self._since_best = 0
         self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
+        self.epochs = task.epochs
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         value = metrics.get(self.monitor, math.nan)
@@ -126,7 +127,12 @@ class _EpochCallback(keras.callbacks.Callback):
             self.best, self.best_epoch, self.best_weights, self._since_best = metrics, n, self.model.get_weights(), 0
         else:
             self._since_best += 1
-        if decision == "prune":
+        # search.budget spent: a finished trial at lower fidelity; its best epoch stands
+        if decision == "stop" and n < self.epochs:
+            self.stopped = (TrialState.FINISHED, f"stopped by search.budget after epoch {n} of {self.epochs}; its best "
+                                                 "epoch stands")
+            self.model.stop_training = True
+        elif decision == "prune":
             shown = metrics.get(self.monitor, math.nan)
             self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
@@ -150,20 +156,33 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
     keras.utils.set_random_seed(task.seed)
     model = build_model(arch)
-    train_ds = train_dataset(
-        splits.train, num_classes=arch.num_classes, batch_size=cfg.batch_size,
+    # Cheap early rungs: each span of epochs trains on its class-stratified share of the training data (one
+    # span of all of it without stages); validation is the same throughout.
+    spans = [(min(end, task.epochs), train_dataset(
+        subset(splits.train, share), num_classes=arch.num_classes, batch_size=cfg.batch_size,
         augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
-    )
-    # The schedule spans the trial's planned epochs (not where a prune or early stop ends it), and a trial
-    # resumed at initial_epoch continues it where training straight through would be.
-    steps = steps_per_epoch(train_ds)
-    compile_for_training(model, cfg, steps_per_epoch=steps, epochs=task.epochs)
-    start_at_epoch(model.optimizer, task.initial_epoch, steps)
+    )) for end, share in (task.stages or ((task.epochs, 1.0),))]
+    # The schedule spans the trial's planned steps over every span (not where a prune or early stop ends it),
+    # and a trial resumed at initial_epoch continues it where training straight through would be.
+    steps, before, prev = 0, 0, 0
+    for end, ds in spans:
+        n = steps_per_epoch(ds)
+        steps += (end - prev) * n
+        before += max(0, min(end, task.initial_epoch) - prev) * n
+        prev = end
+    compile_for_training(model, cfg, steps_per_epoch=steps, epochs=1)
+    start_at_epoch(model.optimizer, 1 if before else 0, before)
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
     cb = _EpochCallback(on_epoch, task, cfg.early_stopping)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=task.epochs, initial_epoch=task.initial_epoch,
-                  callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
+        prev = 0
+        for end, ds in spans:
+            if end > task.initial_epoch:
+                model.fit(ds, validation_data=val_ds, epochs=end, initial_epoch=max(prev, task.initial_epoch),
+                          callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
+                if model.stop_training:  # pruned, diverged, early-stopped, out of time: no further span
+                    break
+            prev = end
     except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
         failure, tb = describe_failure(exc)
         return _result(TrialState.FAILED, failure, cb, started, traceback=tb)
@@ -195,3 +214,28 @@ def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("v
         out[f"{name}_accuracy"] = float((probs.argmax(axis=1) == split.y).mean())
         out[f"{name}_samples"] = float(len(split.y))
     return out
+
+
+def probe(candidate: Candidate, splits: Splits, steps: int = 4) -> float:
+    """Seconds per training sample of `candidate` on this machine: `steps` timed training steps (augmentation
+    included) after one untimed step that traces the graph. Seconds, not minutes: it feeds the budget plan."""
+    import gc
+
+    keras.backend.clear_session()
+    gc.collect()
+    arch, cfg = candidate.arch, candidate.train
+    keras.utils.set_random_seed(0)
+    model = build_model(arch)
+    compile_for_training(model, cfg, steps_per_epoch=steps + 1, epochs=1)
+    n = min(len(splits.train.y), cfg.batch_size * (steps + 1))
+    ds = train_dataset(Split(splits.train.x[:n], splits.train.y[:n]), num_classes=arch.num_classes,
+                       batch_size=cfg.batch_size, augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max,
+                       seed=0).repeat()
+    batches = iter(ds)
+    model.train_on_batch(*next(batches))
+    samples, started = 0, time.perf_counter()
+    for _ in range(steps):
+        x, y = next(batches)
+        model.train_on_batch(x, y)
+        samples += int(x.shape[0])
+    return (time.perf_counter() - started) / samples

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 #: per-epoch metrics, as Keras logs them and as they appear in MLflow curves
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
-#: called after every epoch with (epoch, metrics); returns "continue" or "prune"
+#: called after every epoch with (epoch, metrics); returns "continue", "prune" or "stop" (search.budget spent)
 EpochHook = Callable[[int, dict[str, float]], str]
 
 
@@ -78,6 +78,8 @@ class TrialTask:
     mode: str = "maximize"
     save_threshold: float | None = None  # save only if the best monitored value beats this (the current best)
     time_limit_s: float | None = None  # inline trials stop themselves past it (a worker process is killed instead)
+    # cheap early rungs: (last epoch, share of the training data) per span of epochs; () = all data throughout
+    stages: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass

@@ -49,6 +49,22 @@ class Splits:
         return self.keep("train", "val")
 
 
+def subset(split: Split, fraction: float, seed: int = 0) -> Split:
+    """A class-stratified share of `split` for a cheap early rung: round(fraction x n) images of each class
+    (at least one), in their original order. Subsets are nested (a 1/9 subset lies inside the 1/3 one: the
+    same per-class permutation, cut shorter) and, with the fixed default seed, the same for every trial, so
+    the trials of one rung are compared on the same images."""
+    if fraction >= 1:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(split.y):
+        idx = np.flatnonzero(split.y == c)
+        keep.append(rng.permutation(idx)[:max(1, round(fraction * len(idx)))])
+    chosen = np.sort(np.concatenate(keep))
+    return Split(split.x[chosen], split.y[chosen])
+
+
 def fingerprint(split: Split) -> str:
     """A short content hash of a split (pixels, their dtype and shape, and labels): two results whose test
     fingerprints are equal were measured on the same test images with the same labels."""

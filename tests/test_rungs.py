@@ -1,0 +1,77 @@
+"""Cheap early rungs: epochs before a pruning rung train on a class-stratified share of the training data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nas.budget import describe_stages, rung_stages
+from nas.data.splits import Split, subset
+
+
+def test_stages_follow_the_pruners_rungs() -> None:
+    assert rung_stages("successive_halving", 1, 12, 51_000) == ((3, 1 / 9), (9, 1 / 3), (12, 1.0))
+    assert rung_stages("hyperband", 1, 12, 51_000) == ((3, 1 / 9), (9, 1 / 3), (12, 1.0))
+    assert rung_stages("median", 1, 12, 51_000) == ((1, 1 / 3), (12, 1.0))
+    assert rung_stages("none", 1, 12, 51_000) == ()  # no rung, nothing to make cheap
+    # small data: a subset must hold MIN_SUBSET images, and one that saves less than half is no cheap rung
+    assert rung_stages("successive_halving", 1, 12, 5_000) == ((3, 0.2), (9, 1 / 3), (12, 1.0))
+    assert rung_stages("successive_halving", 1, 12, 1_150) == ()
+    assert describe_stages(rung_stages("median", 1, 12, 51_000)) == "epoch 1 on 1/3, epochs 2-12 on all"
+
+
+def test_a_subset_is_stratified_nested_and_the_same_for_every_trial() -> None:
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), [900, 100, 50, 300, 300, 300, 300, 300, 300, 9])
+    split = Split(rng.integers(0, 255, (len(y), 4, 4, 1)).astype(np.uint8), rng.permutation(y))
+    ninth, third = subset(split, 1 / 9), subset(split, 1 / 3)
+    counts = np.bincount(split.y)
+    assert np.array_equal(np.bincount(ninth.y, minlength=10), np.maximum(1, np.round(counts / 9)).astype(int))
+    assert np.array_equal(np.bincount(third.y, minlength=10), np.maximum(1, np.round(counts / 3)).astype(int))
+    rows = {r.tobytes() for r in split.x.reshape(len(y), -1)}
+    assert {r.tobytes() for r in ninth.x.reshape(len(ninth.y), -1)} <= rows
+    as_set = lambda s: {(r.tobytes(), int(c)) for r, c in zip(s.x.reshape(len(s.y), -1), s.y)}  # noqa: E731
+    assert as_set(ninth) <= as_set(third)  # nested: promotion adds images, never swaps them
+    again = subset(split, 1 / 9)
+    assert np.array_equal(again.x, ninth.x) and np.array_equal(again.y, ninth.y)  # the same images for every trial
+    assert subset(split, 1.0) is split
+
+
+@pytest.mark.slow
+def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.train
+    from nas.data import load_source, make_splits
+    from nas.space import DataInfo, SearchSpace
+    from nas.spec import parse_spec
+    from nas.trial import TrialTask
+
+    raw = load_source("digits", Path("."))
+    splits = make_splits(raw, validation_fraction=0.2, test_fraction=0.2, seed=0).without_test()
+    spec = parse_spec("name: r\ndata: {source: digits}\nspace: {depth: 1, filters: 8, head: {depth: 0}}\n"
+                      "train: {epochs: 4, batch_size: 32, schedule: cosine}\n")
+    candidate = SearchSpace(spec).decode({}, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max))
+    built: list[Any] = []
+    real = nas.train.build_model
+    monkeypatch.setattr(nas.train, "build_model", lambda arch: built.append(real(arch)) or built[-1])
+    stages = ((1, 1 / 9), (3, 1 / 3), (4, 1.0))
+    seen: list[int] = []
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
+        seen.append(int(built[-1].optimizer.iterations))
+        return "continue"
+
+    out = nas.train.run_trial(TrialTask(0, candidate, seed=0, epochs=4, stages=stages), splits, on_epoch)
+    assert out.state == "finished" and out.metrics["epochs_run"] == 4
+    steps = [math.ceil(len(subset(splits.train, share).y) / 32) for share in (1 / 9, 1 / 3, 1 / 3, 1.0)]
+    assert seen == list(np.cumsum(steps)), (seen, steps)  # epoch 1 on 1/9, epochs 2-3 on 1/3, epoch 4 on all
+    # one schedule over the planned steps of every span: the cosine ends at ~0 exactly at the last step
+    lr = built[-1].optimizer.learning_rate
+    assert float(lr) < 1e-3 * candidate.train.learning_rate
+
+    pruned = nas.train.run_trial(TrialTask(1, candidate, seed=0, epochs=4, stages=stages), splits,
+                                 lambda e, m: "prune")
+    assert pruned.state == "pruned" and pruned.metrics["epochs_run"] == 1  # pruned in the first span: no more spans
