@@ -111,11 +111,17 @@ class Session:
                                    objectives=self.spec.search.objectives, seed=self.spec.search.seed,
                                    best_value=current_best_value(self.run_dir, "val_accuracy"))
 
-        def recorded(number: int, params: dict[str, Any], **kw: Any) -> Any:
-            self.calls.append((number, params, kw["epochs"]))
-            return objective(number, params, **kw)
+        calls = self.calls
 
-        self.objective = recorded
+        class Recorded:  # the real objective, with each call noted
+            def __call__(self, number: int, params: dict[str, Any], **kw: Any) -> Any:
+                calls.append((number, params, kw["epochs"]))
+                return objective(number, params, **kw)
+
+            def out_of_time(self) -> bool:
+                return objective.out_of_time()
+
+        self.objective = Recorded()
 
     def run(self) -> str:
         return self.backend.run(self.objective, on_trial_done=self.save_leaderboard)  # type: ignore[arg-type]
