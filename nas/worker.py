@@ -192,11 +192,13 @@ class ProcessRunner:
         return WorkerDied(_death_reason(code))
 
     def _recv(self, deadline: float = math.inf) -> Any:
-        while not self._conn.poll(0.2):
-            if not self._proc.is_alive():
-                raise self._died()
+        while True:  # the deadline first: a worker reporting fast epochs always has a message waiting
             if time.monotonic() > deadline:
                 raise _TimedOut
+            if self._conn.poll(0.2):
+                break
+            if not self._proc.is_alive():
+                raise self._died()
         try:
             return self._conn.recv()
         except (EOFError, OSError):

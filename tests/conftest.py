@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,18 @@ def chromium() -> str:
     if r.returncode != 0:
         pytest.fail(f"chromium is needed for the browser tests and could not be installed:\n{r.stderr[-2000:]}")
     return r.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every model nas.train builds for a trial, in order (their optimizers count the steps trained)."""
+    import nas.train
+
+    real, models = nas.train.build_model, []
+
+    def build(arch: Any) -> Any:
+        models.append(real(arch))
+        return models[-1]
+
+    monkeypatch.setattr(nas.train, "build_model", build)
+    return models

@@ -82,21 +82,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("failing") / "runs"
 
 
-@pytest.fixture
-def builds(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every model the inline trials build, in order (their optimizers count the steps trained)."""
-    import nas.train
-
-    real, models = nas.train.build_model, []
-
-    def build(arch: Any) -> Any:
-        models.append(real(arch))
-        return models[-1]
-
-    monkeypatch.setattr(nas.train, "build_model", build)
-    return models
-
-
 @pytest.mark.slow
 def test_a_diverging_trial_stops_at_once_and_the_search_goes_on(tmp_path: Path, runs: Path, builds: list[Any]) -> None:
     from rich.console import Console
@@ -132,7 +117,8 @@ def test_every_trial_diverging_exits_2_with_the_reasons(tmp_path: Path, runs: Pa
     assert r.returncode == 2, r.stderr + r.stdout
     assert "Traceback" not in r.stderr + r.stdout
     err = " ".join(r.stderr.split())
-    assert "no trial finished, so there is no best model (search complete: 0 finished, 0 pruned, 2 diverged, 0 failed)" in err
+    assert ("no trial finished, so there is no best model (search complete: 0 finished, 0 pruned, 2 diverged, "
+            "0 failed)") in err
     assert re.search(r"Most common reasons: 2 x diverged at epoch 1 \(loss (nan|inf)\); lower train\.learning_rate",
                      err), err
 

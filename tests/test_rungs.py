@@ -42,7 +42,7 @@ def test_a_subset_is_stratified_nested_and_the_same_for_every_trial() -> None:
 
 
 @pytest.mark.slow
-def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(builds: list[Any]) -> None:
     import nas.train
     from nas.data import load_source, make_splits
     from nas.space import DataInfo, SearchSpace
@@ -54,14 +54,11 @@ def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(monkeyp
     spec = parse_spec("name: r\ndata: {source: digits}\nspace: {depth: 1, filters: 8, head: {depth: 0}}\n"
                       "train: {epochs: 4, batch_size: 32, schedule: cosine}\n")
     candidate = SearchSpace(spec).decode({}, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max))
-    built: list[Any] = []
-    real = nas.train.build_model
-    monkeypatch.setattr(nas.train, "build_model", lambda arch: built.append(real(arch)) or built[-1])
     stages = ((1, 1 / 9), (3, 1 / 3), (4, 1.0))
     seen: list[int] = []
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
-        seen.append(int(built[-1].optimizer.iterations))
+        seen.append(int(builds[-1].optimizer.iterations))
         return "continue"
 
     out = nas.train.run_trial(TrialTask(0, candidate, seed=0, epochs=4, stages=stages), splits, on_epoch)
@@ -69,7 +66,7 @@ def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(monkeyp
     steps = [math.ceil(len(subset(splits.train, share).y) / 32) for share in (1 / 9, 1 / 3, 1 / 3, 1.0)]
     assert seen == list(np.cumsum(steps)), (seen, steps)  # epoch 1 on 1/9, epochs 2-3 on 1/3, epoch 4 on all
     # one schedule over the planned steps of every span: the cosine ends at ~0 exactly at the last step
-    lr = built[-1].optimizer.learning_rate
+    lr = builds[-1].optimizer.learning_rate
     assert float(lr) < 1e-3 * candidate.train.learning_rate
 
     pruned = nas.train.run_trial(TrialTask(1, candidate, seed=0, epochs=4, stages=stages), splits,

@@ -33,21 +33,6 @@ def data() -> tuple[Any, DataInfo]:
     return splits, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max, raw.class_names)
 
 
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every model run_trial builds (and then compiles and trains)."""
-    import nas.train
-
-    real, models = nas.train.build_model, []
-
-    def build(arch: Any) -> Any:
-        models.append(real(arch))
-        return models[-1]
-
-    monkeypatch.setattr(nas.train, "build_model", build)
-    return models
-
-
 def train(data: tuple[Any, DataInfo], train_yaml: str, epochs: int) -> list[int]:
     """Run one trial of the spec; the epochs the hook saw."""
     from nas.train import run_trial
@@ -69,10 +54,10 @@ def train(data: tuple[Any, DataInfo], train_yaml: str, epochs: int) -> list[int]
     ("{optimizer: sgd, learning_rate: 0.004, weight_decay: 0.02, momentum: 0.8, epochs: 1}", "SGD", 0.02),
     ("{optimizer: adam, learning_rate: 0.004, weight_decay: 0.05, epochs: 1}", "Adam", None),  # README: adam stays plain
 ])
-def test_the_compiled_model_gets_the_specs_optimizer_and_weight_decay(data, built: list[Any], train_yaml: str,
+def test_the_compiled_model_gets_the_specs_optimizer_and_weight_decay(data, builds: list[Any], train_yaml: str,
                                                                       kind: str, decay: float | None) -> None:
     train(data, train_yaml, epochs=1)
-    (model,) = built
+    (model,) = builds
     opt = model.optimizer
     assert type(opt).__name__ == kind
     assert float(opt.learning_rate) == pytest.approx(0.004)
