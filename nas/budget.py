@@ -10,11 +10,12 @@ the budget. Framework-free: the probe itself runs where trials run (nas.train.pr
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from nas.arch import plan
-from nas.errors import InvalidArchitecture
+from nas.errors import InvalidArchitecture, NasError
 from nas.space import Candidate, DataInfo, SearchSpace
 
 #: no single full-fidelity trial may cost more than this share of the budget ("eat most of it")
@@ -240,3 +241,28 @@ def cap_reason(flops: int, plan_: BudgetPlan) -> str | None:
     return (f"{flops / 1e6:.2f} MFLOPs: a full trial would take about {_fmt_time(plan_.trial_seconds(flops))}, over "
             f"{MAX_TRIAL_SHARE:.0%} of search.budget; rejected before training (cap {cap / 1e6:.2f} MFLOPs)")
 
+
+def early_rungs(spec: Any, n_train: int, epochs: int | None = None) -> Stages:
+    """The stages of cheap early rungs (nas.budget.rung_stages) this search trains with, or () for none.
+    KerasTuner's Hyperband sets each trial's epochs itself: its rungs stay on all the data."""
+    s = spec.search
+    wanted = s.rung_data == "subsets" or (s.rung_data == "auto" and s.budget is not None)
+    if not wanted or s.backend != "optuna":
+        return ()
+    return rung_stages(s.pruner, s.warmup_epochs, epochs or spec.train.epochs, n_train)
+
+
+def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: float,
+                epochs: int | None = None) -> BudgetPlan:
+    """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget)."""
+    chosen, flops = extremes(SearchSpace(spec), info, spec.search.seed, spec.space.max_params)
+    if not chosen:
+        raise NasError("search.budget: no candidate of the space can be built, so there is nothing to plan; "
+                       "see `nas validate`")
+    started = time.monotonic()
+    per_sample = runner.probe(chosen)
+    probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec)
+                   for c, sec in zip(chosen, per_sample, strict=True))
+    return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
+                      tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
+                      stages=early_rungs(spec, len(splits.train.y), epochs))

@@ -75,7 +75,7 @@ def validate(
                        "space.strides, space.pooling or space.max_params")
     seconds = _seconds("--budget", budget) or loaded.spec.search.budget
     if seconds:
-        from nas.search import plan_budget
+        from nas.budget import plan_budget
         from nas.worker import InlineRunner
 
         with err_console.status("probing the cheapest and the dearest candidates"):

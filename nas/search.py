@@ -284,39 +284,10 @@ def _make_runner(s: _Search) -> Any:
                          log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
 
 
-def early_rungs(spec: Any, n_train: int, epochs: int | None = None) -> Any:
-    """The stages of cheap early rungs (nas.budget.rung_stages) this search trains with, or () for none.
-    KerasTuner's Hyperband sets each trial's epochs itself: its rungs stay on all the data."""
-    from nas.budget import rung_stages
-
-    s = spec.search
-    wanted = s.rung_data == "subsets" or (s.rung_data == "auto" and s.budget is not None)
-    if not wanted or s.backend != "optuna":
-        return ()
-    return rung_stages(s.pruner, s.warmup_epochs, epochs or spec.train.epochs, n_train)
-
-
-def plan_budget(spec: Any, info: Any, splits: Any, runner: Any, seconds: float, epochs: int | None = None) -> Any:
-    """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget)."""
-    from nas.arch import plan
-    from nas.budget import BudgetPlan, Probe, extremes
-    from nas.space import SearchSpace
-
-    chosen, flops = extremes(SearchSpace(spec), info, spec.search.seed, spec.space.max_params)
-    if not chosen:
-        raise NasError("search.budget: no candidate of the space can be built, so there is nothing to plan; "
-                       "see `nas validate`")
-    started = time.monotonic()
-    per_sample = runner.probe(chosen)
-    probes = tuple(Probe(plan(c.arch).flops, c.train.batch_size, sec)
-                   for c, sec in zip(chosen, per_sample, strict=True))
-    return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
-                      tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
-                      stages=early_rungs(spec, len(splits.train.y), epochs))
-
-
 def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
     """search.budget: the deadline every trial stops at, and the plan (printed; its FLOPs cap applies)."""
+    from nas.budget import plan_budget
+
     seconds = s.spec.search.budget
     if not seconds:
         return None, None
@@ -339,6 +310,7 @@ def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
 
 def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any = None) -> tuple[Any, Any]:
     """The reporter (already showing progress) and the objective every backend calls once per trial."""
+    from nas.budget import early_rungs
     from nas.objective import TrialObjective
     from nas.progress import make_reporter
 

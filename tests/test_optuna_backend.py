@@ -143,3 +143,21 @@ def test_storage_url_errors_are_clear() -> None:
 
     with pytest.raises(NasError, match=r"--storage 'redis://x': expected an Optuna storage URL"):
         ob.make_storage("redis://x")
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_under_a_budget_the_first_trials_are_not_promoted_for_being_first(tmp_path: Path, pruner: str) -> None:
+    """Without a budget Optuna promotes the first trial of every rung (it has no peer to lose to); with one, a
+    rung promotes nobody until ob.BOOTSTRAP trials have reached it, and then only its top third."""
+    spec = SPEC.replace("trials: 6", "trials: 24").replace("  max_failed_trials: 2\n",
+                                                          "  max_failed_trials: 2\n  budget: 1h\n")
+    study, _, _ = run(tmp_path, sampler="random", pruner=pruner, spec_text=spec)
+    trials = sorted(study.get_trials(), key=lambda t: t.number)
+    assert [t.state for t in trials[:ob.BOOTSTRAP]] == [optuna.trial.TrialState.PRUNED] * ob.BOOTSTRAP
+    assert all(t.last_step < 4 for t in trials[:ob.BOOTSTRAP])  # cut at a rung (Hyperband: its bracket's first)
+    assert any(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # later ones can still win through
+
+    (tmp_path / "free").mkdir()
+    free, _, _ = run(tmp_path / "free", sampler="random", pruner=pruner,
+                     spec_text=SPEC.replace("trials: 6", "trials: 9"))
+    assert sorted(free.get_trials(), key=lambda t: t.number)[0].state == optuna.trial.TrialState.COMPLETE

@@ -30,6 +30,7 @@ from nas.trial import TrialState, tally
 
 DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
 HEARTBEAT_S, GRACE_S = 5, 20
+BOOTSTRAP = 2  # under search.budget: peers a rung needs before it promotes anyone (Optuna's bootstrap_count)
 OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
 STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
 with warnings.catch_warnings():
@@ -72,13 +73,18 @@ def make_sampler(s: SearchSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
+    # Under a budget no trial is promoted for being early: a rung promotes only once BOOTSTRAP peers have reached
+    # it (the first ones to arrive are pruned there, cheaply, on the rung's subset) and then only its top third.
+    # Without a budget the first trial of each rung is promoted, as Optuna does by default.
+    bootstrap = BOOTSTRAP if s.budget is not None else 0
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
     if s.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3,
+                                                      bootstrap_count=bootstrap)
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, s.warmup_epochs), max_resource=epochs,
-                                              reduction_factor=3)
+                                              reduction_factor=3, bootstrap_count=bootstrap)
     return optuna.pruners.NopPruner()
 
 
