@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from nas.tracking import Tracker  # imported where used: it loads the MLflow client
 
 COUNTED = {s.value for s in TrialState if s.counts}
+FINISH_RESERVE_S = 60.0  # of search.budget, kept for the final measurement and the report (at most 5% of it)
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,8 @@ def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
     seconds = s.spec.search.budget
     if not seconds:
         return None, None
-    deadline = t0 + seconds
+    # trials stop a little early, so that measuring the winner and writing the report fit in the budget too
+    deadline = t0 + seconds - min(FINISH_RESERVE_S, 0.05 * seconds)
     try:
         with s.console.status("planning the budget: probing the cheapest and the dearest candidates"):
             budget_plan = plan_budget(s.spec, s.info, s.splits, s.runner, seconds, epochs=s.backend.epochs)
