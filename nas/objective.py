@@ -79,12 +79,13 @@ class TrialObjective:
             shape = plan(candidate.arch)
         except InvalidArchitecture as exc:
             return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
-        if self.max_params and shape.params > self.max_params:  # its size stays in the leaderboard: say how large
-            return TrialResult(TrialState.PRUNED, metrics={"epochs_run": 0.0, "params": float(shape.params),
-                                                           "flops": float(shape.flops)},
-                               reason=f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
-                                      "rejected before training")
-        if self.budget_plan is not None and (reason := cap_reason(shape.flops, self.budget_plan)):
+        reason = None
+        if self.max_params and shape.params > self.max_params:
+            reason = (f"{shape.params:,} parameters exceed space.max_params {self.max_params:,}; "
+                      "rejected before training")
+        elif self.budget_plan is not None:
+            reason = cap_reason(shape.flops, self.budget_plan)
+        if reason:  # rejected before training; its size stays in the leaderboard, to say how large it was
             return TrialResult(TrialState.PRUNED, reason=reason, metrics={
                 "epochs_run": 0.0, "params": float(shape.params), "flops": float(shape.flops)})
         self.reporter.trial_started(number, shape.params)
