@@ -154,21 +154,22 @@ def plain_fit(space: Any, params: dict[str, Any], splits: Any, info: Any, epochs
     import keras
 
     from nas.builder import build_model
-    from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
+    from nas.augment import Augmentation, for_training
+    from nas.data.pipeline import eval_dataset, train_batches
     from nas.train import make_optimizer
 
     cand = space.decode(params, info)
     keras.backend.clear_session()
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
-    model = build_model(cand.arch)
+    model = for_training(build_model(cand.arch), Augmentation(**cand.train.augment), pixel_max=info.pixel_max, seed=0)
     model.compile(optimizer=make_optimizer(cand.train),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=cand.train.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
-    train = train_dataset(splits.train, num_classes=info.num_classes, batch_size=cand.train.batch_size,
-                          augmentation=Augmentation(**cand.train.augment), pixel_max=info.pixel_max, seed=0)
+    train = train_batches(splits.train, num_classes=info.num_classes, batch_size=cand.train.batch_size, seed=0)
     val = eval_dataset(splits.val, num_classes=info.num_classes, batch_size=256)
-    model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False)
+    model.fit(train.dataset, steps_per_epoch=train.steps_per_epoch, validation_data=val, epochs=epochs, verbose=0,
+              shuffle=False)
     return time.perf_counter() - t0
 
 

@@ -1,7 +1,8 @@
 """Train one candidate: build, compile, fit with per-epoch reporting, keep the best epoch's weights.
 
 Runs inside the trial worker (or inline). Talks to the outside only through `on_epoch`, which returns
-"continue" or "prune"; what to report and when to prune is the search loop's business, not ours.
+"continue", "prune", "pause" or "stop"; what to report and when to prune is the search loop's business, not ours.
+A paused trial leaves a checkpoint (nas.checkpoint) from which a later task continues it exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any
 
 import keras
 
+from nas import checkpoint
 from nas.arch import plan
+from nas.augment import Augmentation, for_training
 from nas.builder import build_model
-from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
+from nas.data.pipeline import eval_dataset, train_batches
 from nas.data.splits import Split, Splits, subset
 from nas.errors import InvalidArchitecture
 from nas.schedule import learning_rate, start_at_epoch
@@ -39,14 +42,6 @@ def make_optimizer(t: TrainConfig, total_steps: int | None = None) -> keras.opti
     if t.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=t.weight_decay)
     return keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, weight_decay=wd)
-
-
-def steps_per_epoch(ds: Any) -> int:
-    """Batches in one pass over a finite training dataset."""
-    n = int(ds.cardinality())
-    if n <= 0:
-        raise ValueError(f"the training dataset's length is unknown (cardinality {n}); a schedule needs it")
-    return n
 
 
 def compile_for_training(model: keras.Model, t: TrainConfig, *, steps_per_epoch: int, epochs: int) -> None:
@@ -78,23 +73,34 @@ def describe_failure(exc: BaseException, frames: int = 10, message_chars: int = 
 
 
 class _EpochCallback(keras.callbacks.Callback):
-    """Reports each epoch, stops on divergence or a prune decision, and remembers the best weights."""
+    """Reports each epoch, stops on divergence or a prune/pause decision, and remembers the best weights."""
 
     # Keras then runs on_train_batch_end in a thread pool: watching every batch's loss costs no device sync.
     async_safe = True
 
-    def __init__(self, on_epoch: EpochHook, task: TrialTask, patience: int | None):
+    def __init__(self, on_epoch: EpochHook, task: TrialTask, patience: int | None, model: keras.Model):
         super().__init__()
-        self.on_epoch, self.patience = on_epoch, patience
+        self.on_epoch, self.patience, self.candidate = on_epoch, patience, model  # the model saved, not the wrapper
         self.monitor, self.sign = task.monitor, (1.0 if task.mode == "maximize" else -1.0)
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = []  # the whole curve, the epochs before a resume included
         self.best: dict[str, float] = {}
         self.best_epoch: int | None = None
         self.best_weights: list[Any] | None = None
         self.stopped: tuple[TrialState, str] | None = None  # (state, reason)
+        self.paused = self.out_of_budget = False
+        self.resumed_at = 0  # epochs already trained when this task began (from a checkpoint)
         self._since_best = 0
         self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
         self.epochs = task.epochs
+
+    def progress(self) -> dict[str, Any]:
+        return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                "since_best": self._since_best}
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        p = ckpt.progress
+        self.history, self.best, self.best_epoch = list(p["history"]), dict(p["best"]), p["best_epoch"]
+        self._since_best, self.best_weights, self.resumed_at = int(p["since_best"]), ckpt.best_weights, ckpt.epoch
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         value = metrics.get(self.monitor, math.nan)
@@ -124,27 +130,36 @@ class _EpochCallback(keras.callbacks.Callback):
             self.stopped = (TrialState.FAILED, timeout_reason(self.time_limit_s, n))
             return
         if self._improved(metrics):
-            self.best, self.best_epoch, self.best_weights, self._since_best = metrics, n, self.model.get_weights(), 0
+            self.best, self.best_epoch, self._since_best = metrics, n, 0
+            self.best_weights = self.candidate.get_weights()
         else:
             self._since_best += 1
+        shown = metrics.get(self.monitor, math.nan)
         # search.budget spent: a finished trial at lower fidelity; its best epoch stands
         if decision == "stop" and n < self.epochs:
             self.stopped = (TrialState.FINISHED, f"stopped by search.budget after epoch {n} of {self.epochs}; its best "
                                                  "epoch stands")
-            self.model.stop_training = True
+            self.out_of_budget = self.model.stop_training = True
         elif decision == "prune":
-            shown = metrics.get(self.monitor, math.nan)
             self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
+        elif decision == "pause" and n < self.epochs:  # a rung's verdict: "not yet"; it may be promoted later
+            self.stopped = (TrialState.PRUNED, f"paused at epoch {n} ({self.monitor} {shown:.4f}); continues from "
+                                               "its checkpoint if its rung promotes it")
+            self.paused = self.model.stop_training = True
         elif self.patience and self._since_best >= self.patience:
             self.model.stop_training = True  # early stopping: a finished trial, not a pruned one
 
 
 def _result(state: TrialState, reason: str | None, cb: _EpochCallback, started: float,
             **extra: str | None) -> TrialResult:
-    metrics = {**cb.best, "best_epoch": float(cb.best_epoch or math.nan), "epochs_run": float(len(cb.history)),
-               "wall_time_s": time.perf_counter() - started}
+    metrics = {**cb.best, "best_epoch": float(cb.best_epoch or math.nan),
+               "epochs_run": float(len(cb.history) - cb.resumed_at), "wall_time_s": time.perf_counter() - started}
     return TrialResult(state, reason, metrics, cb.history, **extra)
+
+
+def _batches_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
 
 
 def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResult:
@@ -154,39 +169,56 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         plan(arch)
     except InvalidArchitecture as exc:
         return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
+    try:
+        resume = checkpoint.load(task.resume_from) if task.resume_from else None
+    except (OSError, ValueError, KeyError) as exc:
+        return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}")
+    first = resume.epoch if resume else task.initial_epoch
     keras.utils.set_random_seed(task.seed)
     model = build_model(arch)
+    trainer = for_training(model, Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed)
     # Cheap early rungs: each span of epochs trains on its class-stratified share of the training data (one
     # span of all of it without stages); validation is the same throughout.
-    spans = [(min(end, task.epochs), train_dataset(
-        subset(splits.train, share), num_classes=arch.num_classes, batch_size=cfg.batch_size,
-        augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=task.seed,
-    )) for end, share in (task.stages or ((task.epochs, 1.0),))]
+    stages = task.stages or ((task.epochs, 1.0),)
+    spans = [(min(end, task.epochs), subset(splits.train, share)) for end, share in stages]
     # The schedule spans the trial's planned steps over every span (not where a prune or early stop ends it),
-    # and a trial resumed at initial_epoch continues it where training straight through would be.
+    # so a trial resumed at epoch `first` continues it where training straight through would be.
     steps, before, prev = 0, 0, 0
-    for end, ds in spans:
-        n = steps_per_epoch(ds)
+    for end, part in spans:
+        n = _batches_per_epoch(len(part.y), cfg.batch_size)
         steps += (end - prev) * n
-        before += max(0, min(end, task.initial_epoch) - prev) * n
+        before += max(0, min(end, first) - prev) * n
         prev = end
-    compile_for_training(model, cfg, steps_per_epoch=steps, epochs=1)
-    start_at_epoch(model.optimizer, 1 if before else 0, before)
+    compile_for_training(trainer, cfg, steps_per_epoch=steps, epochs=1)
+    cb = _EpochCallback(on_epoch, task, cfg.early_stopping, model)
+    if resume:
+        try:
+            checkpoint.restore(trainer, resume)
+        except ValueError as exc:
+            return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}")
+        cb.restore(resume)
+    else:
+        start_at_epoch(trainer.optimizer, 1 if before else 0, before)
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
-    cb = _EpochCallback(on_epoch, task, cfg.early_stopping)
     try:
         prev = 0
-        for end, ds in spans:
-            if end > task.initial_epoch:
-                model.fit(ds, validation_data=val_ds, epochs=end, initial_epoch=max(prev, task.initial_epoch),
-                          callbacks=[cb], shuffle=False, verbose=0)  # the dataset shuffles itself
-                if model.stop_training:  # pruned, diverged, early-stopped, out of time: no further span
+        for end, part in spans:
+            if end > first:
+                start = max(prev, first)
+                batches = train_batches(part, num_classes=arch.num_classes, batch_size=cfg.batch_size,
+                                        seed=task.seed, first_epoch=start)
+                trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, validation_data=val_ds,
+                            epochs=end, initial_epoch=start, callbacks=[cb], shuffle=False, verbose=0)
+                if trainer.stop_training:  # pruned, paused, diverged, early-stopped, out of time: no further span
                     break
             prev = end
     except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
         failure, tb = describe_failure(exc)
         return _result(TrialState.FAILED, failure, cb, started, traceback=tb)
     state, reason = cb.stopped or (TrialState.FINISHED, None)
+    if task.checkpoint_to and (cb.paused or (state == TrialState.FINISHED and not cb.out_of_budget)):
+        checkpoint.save(task.checkpoint_to, trainer, epoch=len(cb.history), best_weights=cb.best_weights,
+                        progress=cb.progress())
     model_path: str | None = None
     best_value = cb.best.get(task.monitor)
     beats = task.save_threshold is None or (best_value is not None and (
@@ -226,16 +258,15 @@ def probe(candidate: Candidate, splits: Splits, steps: int = 4) -> float:
     arch, cfg = candidate.arch, candidate.train
     keras.utils.set_random_seed(0)
     model = build_model(arch)
-    compile_for_training(model, cfg, steps_per_epoch=steps + 1, epochs=1)
+    trainer = for_training(model, Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=0)
+    compile_for_training(trainer, cfg, steps_per_epoch=steps + 1, epochs=1)
     n = min(len(splits.train.y), cfg.batch_size * (steps + 1))
-    ds = train_dataset(Split(splits.train.x[:n], splits.train.y[:n]), num_classes=arch.num_classes,
-                       batch_size=cfg.batch_size, augmentation=Augmentation(**cfg.augment), pixel_max=arch.pixel_max,
-                       seed=0).repeat()
-    batches = iter(ds)
-    model.train_on_batch(*next(batches))
+    batches = iter(train_batches(Split(splits.train.x[:n], splits.train.y[:n]), num_classes=arch.num_classes,
+                                 batch_size=cfg.batch_size, seed=0).dataset)
+    trainer.train_on_batch(*next(batches))
     samples, started = 0, time.perf_counter()
     for _ in range(steps):
         x, y = next(batches)
-        model.train_on_batch(x, y)
+        trainer.train_on_batch(x, y)
         samples += int(x.shape[0])
     return (time.perf_counter() - started) / samples

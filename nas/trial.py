@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 #: per-epoch metrics, as Keras logs them and as they appear in MLflow curves
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
-#: called after every epoch with (epoch, metrics); returns "continue", "prune" or "stop" (search.budget spent)
+#: called after every epoch with (epoch, metrics); returns "continue", "prune", "pause" (stop here with a checkpoint
+#: to continue from if a rung promotes the trial later) or "stop" (search.budget spent)
 EpochHook = Callable[[int, dict[str, float]], str]
 
 
@@ -80,6 +81,8 @@ class TrialTask:
     time_limit_s: float | None = None  # inline trials stop themselves past it (a worker process is killed instead)
     # cheap early rungs: (last epoch, share of the training data) per span of epochs; () = all data throughout
     stages: tuple[tuple[int, float], ...] = ()
+    checkpoint_to: str | None = None  # write the training state here when the trial pauses or ends its epochs
+    resume_from: str | None = None  # continue from this checkpoint (its epoch, weights, optimizer, curve)
 
 
 @dataclass

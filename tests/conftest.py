@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,16 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(nas.train, "build_model", build)
     return models
+
+
+@pytest.fixture
+def deterministic_ops() -> Iterator[None]:
+    """Op determinism for one test; restored after so other tests run as they would alone."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    yield
+    if not was:
+        tf_config.disable_op_determinism()

@@ -72,3 +72,52 @@ def test_early_stopping_ends_a_trial_after_patience_epochs_without_a_better_val_
     seen = train(data, "{learning_rate: 1e-9, early_stopping: 2, epochs: 10}", epochs=10)
     assert seen == [1, 2, 3]
     assert train(data, "{learning_rate: 1e-9, epochs: 4}", epochs=4) == [1, 2, 3, 4]  # without it: every epoch
+
+
+@pytest.mark.usefixtures("deterministic_ops")
+def test_a_trial_paused_and_resumed_from_its_checkpoint_ends_as_one_trained_straight_through(
+        data: tuple[Any, DataInfo], builds: list[Any], tmp_path: Path) -> None:
+    """The promise behind promoting a paused trial: nothing is lost, nothing differs. Everything that draws
+    randomness or carries state is on: augmentation, dropout, batch norm, AdamW, a cosine schedule, a subset rung
+    (the pause falls inside its span), and the resumed task runs in a process that has built other models since."""
+    import numpy as np
+
+    from nas.train import run_trial
+
+    splits, info = data
+    spec = SPEC.replace("TRAIN", "{optimizer: adamw, learning_rate: 0.01, weight_decay: 0.01, schedule: cosine, "
+                                 "batch_size: 64}").replace("batch_norm: false", "batch_norm: true, dropout: 0.3")
+    spec += "augment: {flip: horizontal, translation: 0.1, contrast: 0.2}\n"
+    candidate = SearchSpace(parse_spec(spec)).decode({}, info)
+    stages = ((2, 1 / 3), (4, 1.0))
+    ckpt = tmp_path / "trial-0.npz"
+
+    def task(**kw: Any) -> TrialTask:
+        return TrialTask(0, candidate, seed=7, epochs=4, stages=stages, **kw)
+
+    straight = run_trial(task(), splits, lambda e, m: "continue")
+    final = builds[-1].get_weights()
+    paused = run_trial(task(checkpoint_to=str(ckpt)), splits, lambda e, m: "pause" if e == 1 else "continue")
+    assert paused.state == "pruned" and paused.reason.startswith("paused at epoch 1") and ckpt.exists()
+    assert paused.history == straight.history[:1]
+    run_trial(task(), splits, lambda e, m: "continue")  # another model in between, as in a recycled worker
+    seen: list[int] = []
+    resumed = run_trial(task(resume_from=str(ckpt)), splits, lambda e, m: seen.append(e) or "continue")
+    assert seen == [2, 3, 4] and resumed.state == "finished" and resumed.metrics["epochs_run"] == 3
+    assert resumed.history == straight.history  # the whole curve, the epoch before the pause included
+    assert resumed.metrics["best_epoch"] == straight.metrics["best_epoch"]
+    assert all(np.array_equal(a, b) for a, b in zip(builds[-1].get_weights(), final, strict=True)), \
+        "the resumed trial's weights differ from those of the trial trained straight through"
+
+
+def test_a_checkpoint_for_another_candidate_is_refused(data: tuple[Any, DataInfo], tmp_path: Path) -> None:
+    from nas.train import run_trial
+
+    splits, info = data
+    small = SearchSpace(parse_spec(SPEC.replace("TRAIN", "{batch_size: 64}"))).decode({}, info)
+    wide = SearchSpace(parse_spec(SPEC.replace("TRAIN", "{batch_size: 64}").replace("filters: 4", "filters: 6"))
+                       ).decode({}, info)
+    ckpt = tmp_path / "c.npz"
+    run_trial(TrialTask(0, small, seed=0, epochs=2, checkpoint_to=str(ckpt)), splits, lambda e, m: "pause")
+    out = run_trial(TrialTask(0, wide, seed=0, epochs=2, resume_from=str(ckpt)), splits, lambda e, m: "continue")
+    assert out.state == "failed" and "written for another candidate" in (out.reason or "")

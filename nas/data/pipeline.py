@@ -1,99 +1,47 @@
 """tf.data pipelines for the trial worker: batches of (float32 raw pixels, one-hot float32 labels).
 
 Pixels are not rescaled: the model starts with a Rescaling layer, so an exported model takes raw pixels.
-Augmentation lives only here, never in a model: augmentation layers break SavedModel/TFLite/ONNX export and
-turn off XLA. No `cache()`: `from_tensor_slices` on in-memory arrays is already a cache, and caching again
-would keep a second copy (a float32 one if cached after the cast).
+Augmentation is not here but in the training step (nas.augment), where it runs on the device on any backend.
+The order of the training samples in epoch e is a function of (seed, e) alone (`epoch_order`), so a trial
+resumed at epoch e from its checkpoint sees exactly the batches it would have seen training straight through.
+No `cache()`: the in-memory arrays are already a cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
-import keras
+import numpy as np
 import tensorflow as tf
 
 from nas.data.splits import Split
 
-FLIP_MODES = ("none", "horizontal", "vertical", "horizontal_and_vertical")
-FILL_MODES = ("reflect", "constant", "nearest", "wrap")
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of `n` training samples in `epoch`: the same on every run, resume and backend."""
+    return np.random.default_rng([seed & 0xFFFFFFFF, epoch]).permutation(n)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Random training-time transforms; factors as in keras.layers.Random* (0 switches one off)."""
-
-    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
-    rotation: float = 0.0  # fraction of a full turn, as keras.layers.RandomRotation's factor
-    translation: float = 0.0  # fraction of height/width
-    zoom: float = 0.0  # fraction
-    contrast: float = 0.0  # factor
-    fill_mode: str = "reflect"  # reflect | constant | nearest | wrap
-
-    def __post_init__(self) -> None:
-        # The spec validates these first; this guards direct construction with a message that quotes the value.
-        if self.flip not in FLIP_MODES:
-            raise ValueError(f"Augmentation.flip must be one of {FLIP_MODES}, but got {self.flip!r}.")
-        if self.fill_mode not in FILL_MODES:
-            raise ValueError(f"Augmentation.fill_mode must be one of {FILL_MODES}, but got {self.fill_mode!r}.")
-        for name, upper in (("rotation", 1.0), ("translation", 1.0), ("zoom", 1.0), ("contrast", 1.0)):
-            value = getattr(self, name)
-            if not 0.0 <= value <= upper:
-                raise ValueError(f"Augmentation.{name} must satisfy 0 <= {name} <= {upper}, but got {value}.")
-
-    @property
-    def active(self) -> bool:
-        return self.flip != "none" or any((self.rotation, self.translation, self.zoom, self.contrast))
+class TrainBatches(NamedTuple):
+    dataset: tf.data.Dataset  # endless: epoch after epoch from its first; fit it with steps_per_epoch
+    steps_per_epoch: int
 
 
-def augmenter(augmentation: Augmentation, *, pixel_max: float, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A function that applies the active transforms to a batch (n, h, w, c) of float32 pixels.
+def train_batches(split: Split, *, num_classes: int, batch_size: int, seed: int, first_epoch: int = 0) -> TrainBatches:
+    """Shuffled batches (every sample once per epoch, a new order each epoch), from epoch `first_epoch` on."""
+    n = len(split.y)
+    x, y = tf.constant(split.x), tf.constant(split.y)
 
-    Each layer gets its own seed, derived from `seed`. dtype float32 is pinned so a global mixed-precision
-    policy does not turn the data into float16.
-    """
-    a = augmentation
-    layers: list[keras.layers.Layer] = []
-    if a.flip != "none":
-        layers.append(keras.layers.RandomFlip(a.flip, seed=seed, dtype="float32"))
-    if a.rotation:
-        layers.append(keras.layers.RandomRotation(a.rotation, fill_mode=a.fill_mode, seed=seed + 1, dtype="float32"))
-    if a.translation:
-        layers.append(keras.layers.RandomTranslation(a.translation, a.translation, fill_mode=a.fill_mode,
-                                                     seed=seed + 2, dtype="float32"))
-    if a.zoom:  # width_factor=None keeps the aspect ratio
-        layers.append(keras.layers.RandomZoom(a.zoom, fill_mode=a.fill_mode, seed=seed + 3, dtype="float32"))
-    if a.contrast:  # value_range must match the raw pixels, else contrast clips everything to [0, 255]
-        layers.append(keras.layers.RandomContrast(a.contrast, value_range=(0, pixel_max), seed=seed + 4,
-                                                  dtype="float32"))
+    def order(epoch: tf.Tensor) -> tf.data.Dataset:
+        idx = tf.numpy_function(lambda e: epoch_order(n, seed, int(e)), [epoch], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensor_slices(tf.ensure_shape(idx, [n])).batch(batch_size)
 
-    def apply(images: tf.Tensor) -> tf.Tensor:
-        for layer in layers:
-            images = layer(images, training=True)
-        return images
+    def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # one vectorised gather/cast per batch
+        return tf.cast(tf.gather(x, idx), tf.float32), tf.one_hot(tf.gather(y, idx), num_classes, dtype=tf.float32)
 
-    return apply
-
-
-def train_dataset(split: Split, *, num_classes: int, batch_size: int, augmentation: Augmentation,
-                  pixel_max: float, seed: int) -> tf.data.Dataset:
-    """Shuffled (seeded, reshuffled every epoch), batched, augmented, prefetched.
-
-    Reproducible batch for batch under `keras.utils.set_random_seed` + `tf.config.experimental.
-    enable_op_determinism()`; without the determinism flag the parallel augmentation map is not.
-    """
-    augment = augmenter(augmentation, pixel_max=pixel_max, seed=seed) if augmentation.active else None
-
-    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = tf.cast(x, tf.float32)
-        return (augment(x) if augment else x), tf.one_hot(y, num_classes, dtype=tf.float32)
-
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
-    ds = ds.shuffle(len(split.y), seed=seed, reshuffle_each_iteration=True)
-    # Batch first: one vectorised cast/augment per batch is far cheaper than one per image.
-    ds = ds.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(order)
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return TrainBatches(ds.prefetch(tf.data.AUTOTUNE), -(-n // batch_size))
 
 
 def eval_dataset(split: Split, *, num_classes: int, batch_size: int) -> tf.data.Dataset:

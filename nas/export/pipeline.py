@@ -60,16 +60,18 @@ def _digest(path: Path) -> tuple[str, int, int]:
 
 def _fit(model: Any, cand: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
          callbacks: list[Any] | None = None) -> None:
-    from nas.data.pipeline import Augmentation, train_dataset
+    from nas.augment import Augmentation, for_training
+    from nas.data.pipeline import train_batches
     from nas.data.splits import Split
-    from nas.train import compile_for_training, steps_per_epoch
+    from nas.train import compile_for_training
 
     cfg = cand.train
-    ds = train_dataset(Split(x, y), num_classes=cand.arch.num_classes, batch_size=cfg.batch_size,
-                       augmentation=Augmentation(**cfg.augment), pixel_max=cand.arch.pixel_max, seed=seed)
+    batches = train_batches(Split(x, y), num_classes=cand.arch.num_classes, batch_size=cfg.batch_size, seed=seed)
+    trainer = for_training(model, Augmentation(**cfg.augment), pixel_max=cand.arch.pixel_max, seed=seed)
     # the trial's train.schedule, over this fit's own epochs
-    compile_for_training(model, cfg, steps_per_epoch=steps_per_epoch(ds), epochs=epochs)
-    model.fit(ds, epochs=epochs, callbacks=callbacks or [], shuffle=False, verbose=0)
+    compile_for_training(trainer, cfg, steps_per_epoch=batches.steps_per_epoch, epochs=epochs)
+    trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=epochs, callbacks=callbacks or [],
+                shuffle=False, verbose=0)
 
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:

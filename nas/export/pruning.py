@@ -25,7 +25,14 @@ class _Mask(keras.constraints.Constraint):
 
 
 def prunable(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    """The Conv2D and Dense layers of `model`, also inside a nested model (the training wrapper of nas.augment)."""
+    found: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += prunable(layer)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            found.append(layer)
+    return found
 
 
 @dataclass(frozen=True)

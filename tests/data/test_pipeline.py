@@ -1,17 +1,16 @@
-"""tf.data pipelines: raw float32 pixels, one-hot labels, seeded shuffling and augmentation, reproducibility."""
+"""Training batches (epoch-indexed seeded order), eval batches, and augmentation in the training wrapper."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
-from nas.data.pipeline import Augmentation, eval_dataset, train_dataset
+from nas.augment import Augmentation, augmentation_layers, for_training
+from nas.data.pipeline import epoch_order, eval_dataset, train_batches
 from nas.data.sources import load_source
 from nas.data.splits import Split, make_splits
 
@@ -24,24 +23,31 @@ def train() -> Split:
     return make_splits(raw, validation_fraction=0.1, test_fraction=0.2, seed=0).train
 
 
-@pytest.fixture
-def deterministic_ops() -> Iterator[None]:
-    """Op determinism for one test; restored after so other tests run as they would alone."""
-    was = tf_config.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()
-    yield
-    if not was:
-        tf_config.disable_op_determinism()
-
-
-def epoch(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def epoch(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:  # a finite dataset, one pass
     xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def batches(train: Split, augmentation: Augmentation, seed: int = 1, epochs: int = 2) -> list[np.ndarray]:
-    ds = train_dataset(train, num_classes=10, batch_size=64, augmentation=augmentation, pixel_max=16.0, seed=seed)
-    return [x.numpy() for _ in range(epochs) for x, _ in ds]
+def epochs(split: Split, n: int, *, seed: int = 3, first_epoch: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `n` epochs of an endless train_batches stream, each as (images, one-hot labels)."""
+    b = train_batches(split, num_classes=10, batch_size=32, seed=seed, first_epoch=first_epoch)
+    it = iter(b.dataset)
+    out = []
+    for _ in range(n):
+        xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in (next(it) for _ in range(b.steps_per_epoch))))
+        out.append((np.concatenate(xs), np.concatenate(ys)))
+    return out
+
+
+def augment(images: np.ndarray, augmentation: Augmentation, seed: int = 1, calls: int = 1) -> list[np.ndarray]:
+    layers = augmentation_layers(augmentation, pixel_max=16.0, seed=seed)
+    out = []
+    for _ in range(calls):
+        x = keras.ops.convert_to_tensor(images.astype(np.float32))
+        for layer in layers:
+            x = layer(x, training=True)
+        out.append(keras.ops.convert_to_numpy(x))
+    return out
 
 
 def test_eval_dataset_keeps_order_and_raw_pixels(train: Split) -> None:
@@ -56,15 +62,29 @@ def test_eval_dataset_keeps_order_and_raw_pixels(train: Split) -> None:
     np.testing.assert_array_equal(epoch(ds)[0], x)  # same order every pass
 
 
-def test_train_dataset_shuffles_each_epoch_and_keeps_pairs() -> None:
-    y = np.arange(200) % 10
-    split = Split(x=np.repeat(y, 4).reshape(200, 2, 2, 1).astype(np.uint8), y=y)  # each image shows its label
-    ds = train_dataset(split, num_classes=10, batch_size=32, augmentation=Augmentation(), pixel_max=255.0, seed=3)
-    (x1, y1), (x2, y2) = epoch(ds), epoch(ds)
+def labelled(n: int = 200) -> Split:
+    y = np.arange(n) % 10
+    return Split(x=np.repeat(y, 4).reshape(n, 2, 2, 1).astype(np.uint8), y=y)  # each image shows its label
+
+
+def test_train_batches_shuffle_each_epoch_and_keep_pairs() -> None:
+    split = labelled()
+    (x1, y1), (x2, y2) = epochs(split, 2)
     assert x1.dtype == np.float32 and y1.shape == (200, 10)
     np.testing.assert_array_equal(x1[:, 0, 0, 0], y1.argmax(1))  # image and label still together
-    np.testing.assert_array_equal(np.sort(y1.argmax(1)), np.sort(y))  # every sample once per epoch
-    assert not np.array_equal(y1.argmax(1), y) and not np.array_equal(y1, y2)  # shuffled, and reshuffled
+    np.testing.assert_array_equal(np.sort(y1.argmax(1)), np.sort(split.y))  # every sample once per epoch
+    assert not np.array_equal(y1.argmax(1), split.y) and not np.array_equal(y1, y2)  # shuffled, and reshuffled
+    assert train_batches(split, num_classes=10, batch_size=32, seed=3).steps_per_epoch == 7  # last batch kept
+
+
+def test_an_epochs_order_depends_on_the_seed_and_the_epoch_alone() -> None:
+    """What makes a resumed trial exact: starting at epoch 2 gives the batches epoch 2 had in a run from 0."""
+    split = labelled()
+    straight = epochs(split, 3)
+    resumed = epochs(split, 1, first_epoch=2)
+    np.testing.assert_array_equal(resumed[0][1], straight[2][1])
+    np.testing.assert_array_equal(epoch_order(200, 3, 2), epoch_order(200, 3, 2))
+    assert not np.array_equal(epoch_order(200, 3, 2), epoch_order(200, 4, 2))  # and the seed matters
 
 
 @pytest.mark.parametrize("augmentation", [
@@ -72,8 +92,8 @@ def test_train_dataset_shuffles_each_epoch_and_keeps_pairs() -> None:
     Augmentation(zoom=0.3), Augmentation(contrast=0.5), Augmentation(zoom=0.3, fill_mode="constant"),
 ], ids=["flip", "rotation", "translation", "zoom", "contrast", "zoom-constant"])
 def test_each_augmentation_changes_images_within_pixel_range(train: Split, augmentation: Augmentation) -> None:
-    plain, augmented = batches(train, Augmentation(), epochs=1), batches(train, augmentation, epochs=1)
-    x0, x1 = np.concatenate(plain), np.concatenate(augmented)  # same seed, so the same shuffled order
+    x0 = train.x[:256].astype(np.float32)
+    (x1,) = augment(x0, augmentation)
     assert x1.shape == x0.shape and x1.dtype == np.float32
     changed = np.any(x1 != x0, axis=(1, 2, 3)).mean()
     assert 0.2 < changed  # most images are transformed ...
@@ -84,29 +104,26 @@ def test_each_augmentation_changes_images_within_pixel_range(train: Split, augme
 
 
 @pytest.mark.usefixtures("deterministic_ops")
-def test_same_seeds_give_identical_batches(train: Split) -> None:
-    runs = []
-    for _ in range(2):
-        keras.utils.set_random_seed(5)
-        runs.append(batches(train, ALL, seed=5, epochs=2))
-    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))  # two runs, both epochs, bit-identical
-    keras.utils.set_random_seed(5)
-    assert not np.array_equal(batches(train, ALL, seed=6, epochs=1)[0], runs[0][0])  # and the seed matters
+def test_same_seeds_give_identical_augmentation_and_each_call_draws_anew(train: Split) -> None:
+    x0 = train.x[:128].astype(np.float32)
+    first, again = augment(x0, ALL, seed=5, calls=2), augment(x0, ALL, seed=5, calls=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # same seed: bit-identical
+    changed = np.any(first[0] != first[1], axis=(1, 2, 3))
+    assert changed.mean() > 0.9, f"only {changed.mean():.0%} of the images were augmented differently the 2nd time"
+    assert not np.array_equal(augment(x0, ALL, seed=6)[0], first[0])  # and the seed matters
 
 
-@pytest.mark.usefixtures("deterministic_ops")
-def test_each_epoch_gets_fresh_augmentation_not_only_a_new_order(train: Split) -> None:
-    """Every training image is the same picture, so the shuffled order cannot change what a batch holds:
-    any difference between epochs is the augmentation, drawn anew."""
-    one = Split(x=np.repeat(train.x[:1], 128, axis=0), y=np.arange(128) % 10)
-    keras.utils.set_random_seed(5)
-    plain = batches(one, Augmentation(), seed=5, epochs=2)
-    assert np.array_equal(plain[0], plain[2]) and np.array_equal(plain[1], plain[3])  # the control: no change
-    keras.utils.set_random_seed(5)
-    first, second = np.split(np.concatenate(batches(one, ALL, seed=5, epochs=2)), 2)
-    assert not np.array_equal(first[0], train.x[0].astype(np.float32))  # augmented at all
-    changed = np.any(first != second, axis=(1, 2, 3))
-    assert changed.mean() > 0.9, f"only {changed.mean():.0%} of the images were augmented differently in epoch 2"
+def test_the_training_wrapper_augments_in_training_only_and_trains_the_models_own_weights(train: Split) -> None:
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    assert for_training(model, Augmentation(), pixel_max=16.0, seed=0) is model  # nothing to add
+    trainer = for_training(model, ALL, pixel_max=16.0, seed=0)
+    x = train.x[:64].astype(np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(trainer(x, training=False)),
+                                  keras.ops.convert_to_numpy(model(x, training=False)))  # inference: the model alone
+    assert not np.allclose(keras.ops.convert_to_numpy(trainer(x, training=True)),
+                           keras.ops.convert_to_numpy(model(x, training=True)))
+    assert {id(v) for v in model.trainable_variables} == {id(v) for v in trainer.trainable_variables}
+    assert not any(layer.__class__.__name__.startswith("Random") for layer in model.layers)
 
 
 def test_augmentation_validates_and_reports_active() -> None:

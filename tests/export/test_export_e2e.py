@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 EXPORT = """export:
-  retrain_epochs: 3
+  retrain_epochs: 6
   finetune_epochs: 2
   sparsity: 0.5
   latency_runs: 20
@@ -72,7 +72,7 @@ def test_manifest_says_what_was_exported(finished_run: Path, exported: dict) -> 
     assert abs(exported["sparsity"]["overall"] - 0.5) < 0.01 and exported["sparsity"]["target"] == 0.5
     assert all(abs(v - 0.5) < 0.01 for v in exported["sparsity"]["per_layer"].values())
     t = exported["training"]
-    assert t["retrain_epochs"] == 3 and "test_accuracy_retrained" in t and "test_accuracy_pruned" in t
+    assert t["retrain_epochs"] == 6 and "test_accuracy_retrained" in t and "test_accuracy_pruned" in t
     assert {"tensorflow", "keras", "ai-edge-litert", "onnxruntime"} <= set(exported["versions"])
 
 
