@@ -71,10 +71,10 @@ Stages = tuple[tuple[int, float], ...]
 
 
 def rung_epochs(pruner: str, warmup_epochs: int, epochs: int) -> list[int]:
-    """The epochs at which the pruner thins the field: successive halving (and each Hyperband bracket) at 1, 3,
-    9, ... from warmup_epochs; the median pruner, modelled as one cut at its first epoch after warm-up."""
+    """The epochs at which the pruner thins the field: ASHA, successive halving (and each Hyperband bracket) at
+    1, 3, 9, ... from warmup_epochs; the median pruner, modelled as one cut at its first epoch after warm-up."""
     first = min(max(1, warmup_epochs), epochs)
-    if pruner in ("successive_halving", "hyperband"):
+    if pruner in ("asha", "successive_halving", "hyperband"):
         r, out = first, []
         while r < epochs:
             out.append(r)

@@ -19,7 +19,8 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
     """One row per trial, best first by the primary objective; unfinished and failed rows last.
 
     Each backend hands plain dicts: trial, state (a nas.trial.TrialState value, or running | waiting),
-    reason, any of METRIC_COLS, and param.<dimension>; whatever is missing reads as NaN / "".
+    reason, any of METRIC_COLS, continues (the trial it continues), and param.<dimension>; whatever is missing
+    reads as NaN / "".
     """
     rows = []
     for t in trials:
@@ -27,6 +28,8 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
         for key in METRIC_COLS:
             row[key] = t.get(key, math.nan)
         row["reason"] = t.get("reason") or ""
+        if t.get("continues") is not None:  # pruner asha: this trial continues a paused one from its checkpoint
+            row["continues"] = t["continues"]
         row.update({k: v for k, v in t.items() if k.startswith("param.")})
         rows.append(row)
     df = pd.DataFrame(rows)

@@ -16,6 +16,7 @@ from typing import Any
 
 from nas.arch import plan
 from nas.budget import BudgetPlan, Stages, cap_reason
+from nas.checkpoint import read_progress
 from nas.errors import InvalidArchitecture
 from nas.progress import Reporter
 from nas.rundir import RunDir, promote_best
@@ -25,7 +26,8 @@ from nas.tracking import Tracker
 from nas.trial import EPOCH_METRICS, TrialResult, TrialState, TrialTask, trial_seed
 from nas.worker import Runner
 
-PruneHook = Callable[[int, dict[str, float]], bool]
+#: the backend's verdict after each epoch: True/"prune", False/"continue", or "pause" (stop with a checkpoint)
+PruneHook = Callable[[int, dict[str, float]], "bool | str"]
 
 
 def _better(a: float, b: float | None, direction: str) -> bool:
@@ -45,11 +47,18 @@ class TrialObjective:
         self.primary = objectives[0]
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
-                 should_prune: PruneHook | None = None, tags: dict[str, str] | None = None) -> TrialResult:
+                 should_prune: PruneHook | None = None, tags: dict[str, str] | None = None,
+                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
+        """Run trial `number`. `checkpoint`: leave a checkpoint when it pauses or ends its epochs, so a later
+        trial can continue it; `resume_of`: continue trial N from N's checkpoint (its epochs are not retrained)."""
         candidate = self.space.decode(params, self.data)
-        run_id = self.tracker.start_trial(number, params, {"nas.trial": str(number), **(tags or {})})
+        tags = {"nas.trial": str(number), **(tags or {})}
+        if resume_of is not None:
+            tags["nas.resume_of"] = str(resume_of)
+        run_id = self.tracker.start_trial(number, params, tags)
         try:
-            result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune)
+            result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune,
+                               checkpoint, resume_of)
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
@@ -73,8 +82,12 @@ class TrialObjective:
         """search.budget is spent: the running trial stops after this epoch and no new one starts."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def checkpoint_path(self, number: int) -> Path:
+        return self.run.root / "checkpoints" / f"trial-{number}.npz"
+
     def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
-             initial_epoch: int, should_prune: PruneHook | None) -> TrialResult:
+             initial_epoch: int, should_prune: PruneHook | None, checkpoint: bool,
+             resume_of: int | None) -> TrialResult:
         try:
             shape = plan(candidate.arch)
         except InvalidArchitecture as exc:
@@ -88,6 +101,14 @@ class TrialObjective:
         if reason:  # rejected before training; its size stays in the leaderboard, to say how large it was
             return TrialResult(TrialState.PRUNED, reason=reason, metrics={
                 "epochs_run": 0.0, "params": float(shape.params), "flops": float(shape.flops)})
+        resume_from = self.checkpoint_path(resume_of) if resume_of is not None else None
+        if resume_from is not None:
+            if not resume_from.exists():
+                return TrialResult(TrialState.FAILED, reason=f"cannot continue trial {resume_of}: its checkpoint "
+                                   f"{resume_from} is gone", metrics={"epochs_run": 0.0})
+            # the curve so far, so this trial's MLflow run shows the whole of it
+            for epoch, metrics in enumerate(read_progress(resume_from)["history"], start=1):
+                self.tracker.log_epoch(run_id, epoch, metrics)
         self.reporter.trial_started(number, shape.params)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
@@ -95,7 +116,8 @@ class TrialObjective:
             self.reporter.epoch(number, epoch, metrics)
             if self.out_of_time():
                 return "stop"  # search.budget: the trial ends here, its best epoch stands
-            return "prune" if should_prune is not None and should_prune(epoch, metrics) else "continue"
+            verdict = should_prune(epoch, metrics) if should_prune is not None else "continue"
+            return verdict if isinstance(verdict, str) else ("prune" if verdict else "continue")
 
         pending = self.run.pending / f"trial-{number}.keras"
         monitor = self.primary.metric if self.primary.metric in EPOCH_METRICS else "val_accuracy"
@@ -104,8 +126,12 @@ class TrialObjective:
                          initial_epoch=initial_epoch, save_model_to=str(pending), monitor=monitor, mode=mode,
                          # saving a model costs ~0.3 s: skip it when the trial cannot become the new best
                          save_threshold=self.best_value if monitor == self.primary.metric else None,
-                         stages=self.stages)
+                         stages=self.stages, checkpoint_to=str(self.checkpoint_path(number)) if checkpoint else None,
+                         resume_from=str(resume_from) if resume_from else None,
+                         stop_at=time.time() + self.deadline - time.monotonic() if self.deadline is not None else None)
         result = self.runner.run(task, on_epoch)
+        if resume_from is not None and result.counts:
+            resume_from.unlink(missing_ok=True)  # continued for good; a pause again leaves this trial's own
         result.metrics.update(params=float(shape.params), flops=float(shape.flops))
         if result.model_path:
             self._judge(number, params, Path(result.model_path), candidate, result, self.runner.device)

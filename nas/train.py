@@ -91,6 +91,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.resumed_at = 0  # epochs already trained when this task began (from a checkpoint)
         self._since_best = 0
         self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
+        self.stop_at, self.mid_epoch = task.stop_at, False  # search.budget's deadline, and whether it cut an epoch
         self.epochs = task.epochs
 
     def progress(self) -> dict[str, Any]:
@@ -115,6 +116,9 @@ class _EpochCallback(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.time_limit_s is not None and time.perf_counter() - self.started > self.time_limit_s:
             self.timed_out = self.model.stop_training = True
+        # the budget's deadline ends even a long epoch (Keras still validates it, so its metrics stay comparable)
+        if self.stop_at is not None and not self.mid_epoch and time.time() >= self.stop_at:
+            self.mid_epoch = self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         n = epoch + 1
@@ -136,9 +140,10 @@ class _EpochCallback(keras.callbacks.Callback):
             self._since_best += 1
         shown = metrics.get(self.monitor, math.nan)
         # search.budget spent: a finished trial at lower fidelity; its best epoch stands
-        if decision == "stop" and n < self.epochs:
-            self.stopped = (TrialState.FINISHED, f"stopped by search.budget after epoch {n} of {self.epochs}; its best "
-                                                 "epoch stands")
+        if (decision == "stop" and n < self.epochs) or self.mid_epoch:
+            when = "during" if self.mid_epoch else "after"
+            self.stopped = (TrialState.FINISHED, f"stopped by search.budget {when} epoch {n} of {self.epochs}; its "
+                                                 "best epoch stands")
             self.out_of_budget = self.model.stop_training = True
         elif decision == "prune":
             self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")

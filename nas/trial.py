@@ -81,6 +81,7 @@ class TrialTask:
     time_limit_s: float | None = None  # inline trials stop themselves past it (a worker process is killed instead)
     # cheap early rungs: (last epoch, share of the training data) per span of epochs; () = all data throughout
     stages: tuple[tuple[int, float], ...] = ()
+    stop_at: float | None = None  # search.budget's deadline (time.time()): training stops at the first batch past it
     checkpoint_to: str | None = None  # write the training state here when the trial pauses or ends its epochs
     resume_from: str | None = None  # continue from this checkpoint (its epoch, weights, optimizer, curve)
 

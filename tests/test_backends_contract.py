@@ -121,6 +121,9 @@ class Session:
             def out_of_time(self) -> bool:
                 return objective.out_of_time()
 
+            def checkpoint_path(self, number: int) -> Path:
+                return objective.checkpoint_path(number)
+
         self.objective = Recorded()
 
     def run(self) -> str:

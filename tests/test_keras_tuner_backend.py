@@ -52,11 +52,17 @@ class Scripted:
 
     def __init__(self, result: Any = None, sleep: float = 0.0):
         self.calls: list[tuple[int, dict[str, Any], int, dict[str, str]]] = []
+        self.checkpoints: list[bool] = []  # whether each trial was asked to leave a checkpoint
         self.result, self.sleep = result, sleep
 
+    def checkpoint_path(self, number: int) -> Path:
+        return Path(f"/nonexistent/trial-{number}.npz")
+
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
-                 should_prune: Any = None, tags: Any = None) -> TrialResult:
+                 should_prune: Any = None, tags: Any = None, checkpoint: bool = False,
+                 resume_of: int | None = None) -> TrialResult:
         self.calls.append((number, params, epochs, tags))
+        self.checkpoints.append(checkpoint)
         time.sleep(self.sleep)
         if self.result is not None:
             return self.result(number) if callable(self.result) else self.result
@@ -99,6 +105,8 @@ def test_hyperband_runs_the_planned_schedule(tmp_path: Path, max_epochs: int, fa
     assert ran == {(br, r, e): n for br, r, n, e in hyperband_plan(max_epochs, factor)}
     assert b.total == len(objective.calls) == b.done()
     assert max(e for _, _, e, _ in objective.calls) == max_epochs
+    # every trial that a later round may promote leaves a checkpoint to continue from; full-length ones need none
+    assert objective.checkpoints == [e < max_epochs for _, _, e, _ in objective.calls]
     promoted = [t for _, _, _, t in objective.calls if "keras_tuner.promoted_from" in t]
     assert promoted and all(int(t["keras_tuner.round"]) > 0 for t in promoted)
     # a promoted config keeps its params and reports where KerasTuner would continue from
@@ -238,7 +246,8 @@ search:
     for _, row in kept.iterrows():  # the trials finished before Ctrl-C are kept, not re-run
         assert df[df["trial"] == row["trial"]].iloc[0]["val_accuracy"] == row["val_accuracy"]
     assert len(df) == 5 and set(df["state"]) == {"finished"}  # hyperband 2/2: 2 x 1 epoch, 1 x 2, then 2 x 2
-    assert sorted(df["epochs_run"]) == [1, 1, 2, 2, 2]
+    # the promoted config continues its parent's checkpoint: it trains epoch 2 only (KerasTuner's initial_epoch)
+    assert sorted(df["epochs_run"]) == [1, 1, 1, 2, 2]
     metrics = json.loads((runs / "kt" / "best" / "metrics.json").read_text())
     assert 0.5 < metrics["test_accuracy"] <= 1.0 and metrics["trial"] == int(df.iloc[0]["trial"])
     assert (runs / "kt" / "keras_tuner" / "oracle.json").exists()
@@ -254,6 +263,9 @@ search:
     assert all(c.info.status != "RUNNING" for c in children)  # the interrupted trial's run was closed
     assert {"keras_tuner.trial_id", "keras_tuner.bracket", "keras_tuner.round"} <= set(finished[0].data.tags)
     assert sorted(c.data.tags["keras_tuner.trial_id"] for c in finished) == [f"{i:04d}" for i in range(5)]
+    (promoted,) = [c for c in finished if "nas.resume_of" in c.data.tags]
+    assert promoted.data.tags["nas.resume_of"] == str(int(promoted.data.tags["keras_tuner.promoted_from"]))
+    assert [m.step for m in client.get_metric_history(promoted.info.run_id, "val_accuracy")] == [1, 2]
 
     r = nas("search", spec, "--runs-dir", runs)  # the same command again: resumes, nothing left to do
     assert r.returncode == 0, r.stderr

@@ -161,3 +161,68 @@ def test_under_a_budget_the_first_trials_are_not_promoted_for_being_first(tmp_pa
     free, _, _ = run(tmp_path / "free", sampler="random", pruner=pruner,
                      spec_text=SPEC.replace("trials: 6", "trials: 9"))
     assert sorted(free.get_trials(), key=lambda t: t.number)[0].state == optuna.trial.TrialState.COMPLETE
+
+
+class Pausing(Scripted):
+    """A scripted objective that honours "pause" (stop, keep the epoch) and resume_of (go on from there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reached: dict[int, int] = {}  # trial -> last epoch trained
+        self.spans: list[tuple[int, int | None, int, int]] = []  # (trial, resume_of, first epoch, last epoch)
+
+    def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None,
+                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
+        assert checkpoint, "under asha every trial must leave a checkpoint when it pauses"
+        start = self.reached[resume_of] + 1 if resume_of is not None else 1
+        score = 1 - abs(math.log10(params["train.learning_rate"]) + 2.5) / 3
+        for epoch in range(start, epochs + 1):
+            metrics = {"val_accuracy": score * epoch / epochs, "val_loss": 1 - score}
+            self.reached[number] = epoch
+            verdict = should_prune(epoch, metrics)
+            if verdict in ("pause", True, "prune"):
+                self.spans.append((number, resume_of, start, epoch))
+                return TrialResult("pruned", f"paused at epoch {epoch}", {**metrics, "epochs_run": float(epoch - start + 1)})
+        self.spans.append((number, resume_of, start, epochs))
+        return TrialResult("finished", None, {**metrics, "epochs_run": float(epochs - start + 1)})
+
+
+def test_asha_pauses_at_rungs_and_continues_the_top_third_from_where_they_stopped(tmp_path: Path) -> None:
+    spec = SPEC.replace("epochs: 4", "epochs: 9").replace("trials: 6", "trials: 12")
+    objective = Pausing()
+    study, _, reason = run(tmp_path, pruner="asha", objective=objective, spec_text=spec)
+    assert reason == "budget"
+    trials = {t.number: t for t in study.get_trials()}
+    first_two = [s for s in objective.spans if s[0] in (0, 1)]
+    assert [s[3] for s in first_two] == [1, 1]  # nobody goes on for being early: the first two pause at rung 1
+    resumed = [s for s in objective.spans if s[1] is not None]
+    assert resumed, "no paused trial was ever continued"
+    for number, parent, start, _ in resumed:
+        assert start == objective.reached[parent] + 1 == trials[parent].user_attrs["nas.paused_at"] + 1
+        assert trials[number].params == trials[parent].params  # the same configuration, continued
+        assert trials[number].intermediate_values[trials[parent].user_attrs["nas.paused_at"]] == \
+            trials[parent].intermediate_values[trials[parent].user_attrs["nas.paused_at"]]  # its curve carried over
+    # no epoch trained twice: each configuration's spans tile 1..its last epoch
+    roots: dict[int, list[tuple[int, int]]] = {}
+    for number, _, start, end in objective.spans:
+        roots.setdefault(int(trials[number].user_attrs.get("nas.root", number)), []).append((start, end))
+    assert len(roots) == 12 == ob.count(study, *ob.DONE_STATES)  # search.trials counts configurations
+    for spans in roots.values():
+        assert [s for s, _ in sorted(spans)] == [1] + [e + 1 for _, e in sorted(spans)[:-1]]
+    # ASHA's rule: a configuration goes past rung r (epochs 1, 3) only while it ranks in the top third of all the
+    # configurations that had reached r by then (the trial that trains its epoch r + 1 is "then")
+    def root(t: Any) -> int:
+        return int(t.user_attrs.get("nas.root", t.number))
+
+    for r in (1, 3):
+        went_on = {root(t): t.number for t in sorted(trials.values(), key=lambda t: -t.number)
+                   if any(step > r for step in t.intermediate_values)}  # the earliest such trial per configuration
+        assert r == 3 or went_on, "nobody got past rung 1"
+        for config, then in went_on.items():
+            peers = {root(t): t.intermediate_values[r] for t in trials.values()
+                     if t.number <= then and r in t.intermediate_values}
+            ranked = sorted(peers, key=peers.get, reverse=True)
+            assert ranked.index(config) < len(ranked) // 3, (r, config, then, peers)
+    best = max(roots, key=lambda c: -abs(math.log10(trials[c].params["train.learning_rate"]) + 2.5))
+    assert max(e for _, e in roots[best]) == 9, "the best configuration never reached full fidelity"
+    assert sum(e - s + 1 for spans in roots.values() for s, e in spans) < 12 * 9 / 2  # far cheaper than full runs

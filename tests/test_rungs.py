@@ -72,3 +72,50 @@ def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(builds:
     pruned = nas.train.run_trial(TrialTask(1, candidate, seed=0, epochs=4, stages=stages), splits,
                                  lambda e, m: "prune")
     assert pruned.state == "pruned" and pruned.metrics["epochs_run"] == 1  # pruned in the first span: no more spans
+
+
+ASHA_SPEC = """\
+name: asha
+data: {source: digits, validation_fraction: 0.2}
+augment: {translation: 0.05}
+space: {depth: 1, filters: [4, 8], dropout: {low: 0.0, high: 0.3}, head: {depth: 0}}
+train: {epochs: 3, batch_size: 64, learning_rate: {low: 1e-3, high: 3e-2, log: true}}
+search: {pruner: asha, trials: 6, seed: 1, startup_trials: 3}
+tracking: {enabled: true}
+"""
+
+
+@pytest.mark.slow
+def test_asha_through_the_real_search_pauses_checkpoints_and_continues_trials(tmp_path: Path) -> None:
+    """The whole path in worker processes: a paused trial leaves a checkpoint, the continuation trains only the
+    epochs after the pause, its MLflow run shows the whole curve, and the used checkpoint is cleaned up."""
+    import io
+
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from rich.console import Console
+
+    from nas.search import SearchOptions, run
+
+    spec = tmp_path / "asha.yaml"
+    spec.write_text(ASHA_SPEC)
+    run(spec, SearchOptions(runs_dir=tmp_path / "runs"), Console(file=io.StringIO(), width=200))
+    root = tmp_path / "runs" / "asha"
+    board = pd.read_csv(root / "leaderboard.csv")
+    paused = board[board["reason"].fillna("").str.startswith("paused at epoch 1")]
+    assert len(paused) >= 2 and (paused["epochs_run"] == 1).all()
+    continued = board[board["continues"].notna()]
+    assert len(continued) >= 1, board[["trial", "state", "reason", "epochs_run"]]
+    for _, row in continued.iterrows():
+        parent = int(row["continues"])
+        assert parent in set(paused["trial"]) and row["epochs_run"] == 2  # epochs 2 and 3 only
+        assert not (root / "checkpoints" / f"trial-{parent}.npz").exists()  # used up, removed
+    waiting = set(paused["trial"]) - {int(p) for p in continued["continues"]}
+    assert all((root / "checkpoints" / f"trial-{n}.npz").exists() for n in waiting)  # may still be promoted
+    assert len(set(board["trial"])) - len(continued) == 6  # search.trials counts configurations
+    client = MlflowClient(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
+                              filter_string="tags.`nas.resume_of` != ''")
+    assert runs
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")] == [1, 2, 3]

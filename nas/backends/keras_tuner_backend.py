@@ -21,8 +21,9 @@ What keras-tuner 1.4.8 does, read in its source, and what we do about it:
   in between leaves an empty file that no rerun can reload. Ours are written to a temp file and renamed.
 - Hyperband puts its budget into the trial's values (`tuner/epochs`, `tuner/initial_epoch`, `tuner/bracket`,
   `tuner/round`, and `tuner/trial_id` for a promoted config); they are split off before the objective sees
-  the params. The objective has no warm start from another trial's weights, so a promoted config trains
-  from scratch for `tuner/epochs` (KerasTuner itself would continue from `tuner/initial_epoch`).
+  the params. Each trial short of max_epochs leaves a checkpoint (nas.checkpoint), and a promoted config
+  continues its parent's from the epoch the parent reached, as KerasTuner does from `tuner/initial_epoch`
+  (from scratch only if that checkpoint is missing: a parent stopped by search.budget leaves none).
 """
 
 from __future__ import annotations
@@ -248,8 +249,16 @@ class KerasTunerBackend:
                          ("trial_id", "promoted_from")):
             if key in budget:
                 tags[f"keras_tuner.{tag}"] = str(budget[key])
+        # Hyperband: every trial short of max_epochs leaves a checkpoint; a promoted config continues its
+        # parent's (tuner/trial_id) from the epoch it reached, as KerasTuner itself would from its weights.
+        pausing: dict[str, Any] = {}
+        if self.algorithm == "hyperband":
+            parent = int(budget["trial_id"]) if "trial_id" in budget else None
+            usable = parent is not None and self._objective.checkpoint_path(parent).exists()
+            pausing = {"checkpoint": epochs < self.epochs, "resume_of": parent if usable else None}
         try:
-            result = self._objective(int(trial.trial_id), params, epochs=epochs, initial_epoch=0, tags=tags)
+            result = self._objective(int(trial.trial_id), params, epochs=epochs, initial_epoch=0, tags=tags,
+                                     **pausing)
         except Exception as exc:
             raise _Unexpected(str(exc)) from exc
         state, reason = result.state, result.reason

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState as OptunaState
 
+from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF, ROOT
 from nas.errors import NasError
 from nas.objective import TrialObjective
 from nas.rundir import RunDir
@@ -42,7 +43,7 @@ def retry_dead_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> No
     """Queue a trial whose process died again, with the same params (at most 3 times). Its user attrs stay
     behind: the retry must not inherit an outcome it has not earned, nor a dead owner."""
     again = copy.deepcopy(trial)
-    again.user_attrs = {}
+    again.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in (RESUME_OF, ROOT)}  # still a continuation
     _RETRY(study, again)
 
 
@@ -77,6 +78,8 @@ def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     # it (the first ones to arrive are pruned there, cheaply, on the rung's subset) and then only its top third.
     # Without a budget the first trial of each rung is promoted, as Optuna does by default.
     bootstrap = BOOTSTRAP if s.budget is not None else 0
+    if s.pruner == "asha":
+        return optuna.pruners.NopPruner()  # nas.backends.asha decides, with pauses that Optuna's pruners lack
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
     if s.pruner == "successive_halving":
@@ -138,7 +141,14 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> o
 
 
 def count(study: optuna.Study, *states: OptunaState) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
+    """Trials in `states`, a configuration once: a trial that continues a paused one is not a new trial."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if RESUME_OF not in t.user_attrs)
+
+
+def make_asha(spec: Spec) -> ASHA | None:
+    s = spec.search
+    return ASHA(s.warmup_epochs, spec.train.epochs, s.objectives[0].resolved_direction == "maximize") \
+        if s.pruner == "asha" and len(s.objectives) == 1 else None
 
 
 def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: TrialObjective,
@@ -150,23 +160,38 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     single = len(objectives) == 1
     errors = 0  # trials that failed through an error (not divergence): bounded by max_failed_trials
     stop_reason = "budget"
+    asha = make_asha(spec)
 
     def fn(trial: optuna.Trial) -> Any:
         nonlocal errors
         if owner:
             trial.set_user_attr(OWNER, owner)
         params = suggest(trial, space)
+        resume_of = trial.user_attrs.get(RESUME_OF)
+        if resume_of is not None:  # a promoted paused trial: its curve so far is this trial's too
+            parent = study.get_trials(deepcopy=False)[resume_of]
+            for step, value in sorted(parent.intermediate_values.items()):
+                trial.report(value, step)
+        paused_at: list[int] = []
 
-        def should_prune(epoch: int, metrics: dict[str, float]) -> bool:
+        def should_prune(epoch: int, metrics: dict[str, float]) -> bool | str:
             value = metrics.get(objectives[0].metric, math.nan)
             if not math.isfinite(value):
                 return False
             trial.report(value, epoch)
+            if asha is not None:
+                verdict = asha.decide(study, trial.number, epoch)
+                if verdict == "pause":
+                    paused_at.append(epoch)
+                return verdict
             return trial.should_prune()
 
         tags = {"nas.backend": "optuna"}
+        pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
         result = objective(trial.number, params, epochs=spec.train.epochs,
-                           should_prune=should_prune if single else None, tags=tags)
+                           should_prune=should_prune if single else None, tags=tags, **pausing)
+        if paused_at and result.state == TrialState.PRUNED:
+            trial.set_user_attr(PAUSED_AT, paused_at[-1])
         for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
             if key in result.metrics and math.isfinite(result.metrics[key]):
                 trial.set_user_attr(key, result.metrics[key])
@@ -187,14 +212,25 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     def after_trial(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         nonlocal stop_reason
         on_trial_done()
-        if count(study, *DONE_STATES) >= s.trials:
-            study.stop()
-        elif errors >= s.max_failed_trials:
+        if errors >= s.max_failed_trials:
             stop_reason = "failures"
             study.stop()
         elif objective.out_of_time():
             stop_reason = "time"
             study.stop()
+        elif asha is not None and promote(study):
+            pass  # a paused trial its rung now promotes goes on before any new one, past search.trials too
+        elif count(study, *DONE_STATES) >= s.trials:
+            study.stop()
+
+    def promote(study: optuna.Study) -> bool:
+        assert asha is not None
+        if study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
+            return True  # one already queued (by us or a retry): it runs next
+        promoted = asha.next_promotion(study)
+        if promoted is not None:
+            ASHA.queue(study, promoted)
+        return promoted is not None
 
     if count(study, *DONE_STATES) < s.trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna logs each caught failure; we report it ourselves
@@ -226,7 +262,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "state": trial_state(t), "reason": t.user_attrs.get("reason", ""),
-                     **{k: v for k, v in t.user_attrs.items() if k not in (STATE, OWNER, "reason")},
+                     **{k: v for k, v in t.user_attrs.items() if not k.startswith("nas.") and k != "reason"},
+                     **({"continues": t.user_attrs[RESUME_OF]} if RESUME_OF in t.user_attrs else {}),
                      **{f"param.{k}": v for k, v in t.params.items()}})
     return rows
 

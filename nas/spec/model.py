@@ -179,7 +179,9 @@ class SearchSpec(Section):
     hyperband: HyperbandSpec | None = Field(
         None, exclude_if=lambda v: v is None, description="keras-tuner hyperband: {max_epochs, factor}")
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
-    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    pruner: Literal["asha", "median", "successive_halving", "hyperband", "none"] = Field(
+        "median", description="asha: pause trials at rungs (epochs 1, 3, 9, ...) and continue the top third from "
+                              "their checkpoints | median | successive_halving | hyperband | none")
     trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors "
                                               "gets a replacement); a rerun resumes up to this. "
                         "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and "

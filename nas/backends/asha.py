@@ -1,0 +1,100 @@
+"""`pruner: asha`: asynchronous successive halving that pauses trials instead of throwing their training away.
+
+Rungs sit at epochs r, 3r, 9r, ... below train.epochs (r = search.warmup_epochs, at least 1). A trial that
+reaches a rung goes on at once only if its value ranks in the top third of every configuration that has reached
+that rung so far, and only as long as the rung has not promoted its share already. Otherwise it *pauses*: it
+stops there, leaves a checkpoint of its whole training state (nas.checkpoint), and is told to Optuna as PRUNED
+(so the sampler learns from its curve). Before every new trial the search looks for a paused trial that now
+ranks in its rung's top third (peers that came later did worse) and, if one does, continues it from its
+checkpoint as a new Optuna trial with the same params, instead of sampling a new configuration. Highest rungs
+first, as in ASHA (Li et al., 2020), in its promotion variant with pause and resume (as Syne Tune's).
+
+So no trial reaches full fidelity for being first (the first trials pause at rung one until peers arrive), no
+promoted trial starts over, and decisions never wait for a synchronous rung: with several workers each one
+takes the next promotion or a new configuration. A configuration is one lineage (a trial and the trials that
+continued it, `nas.resume_of`); it counts once toward search.trials.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState as OptunaState
+
+ETA = 3  # a rung promotes the top 1/ETA of the configurations that reached it
+RESUME_OF = "nas.resume_of"  # user attr: this trial continues trial N from its checkpoint
+ROOT = "nas.root"  # user attr: the first trial of the lineage (its configuration's identity)
+PAUSED_AT = "nas.paused_at"  # user attr: the epoch at which the trial paused with a checkpoint
+FROM_RUNG = "nas.from_rung"  # user attr: the rung a continuation was promoted from
+
+
+def rungs(min_epochs: int, epochs: int) -> list[int]:
+    """The epochs at which a trial may pause: min_epochs * ETA^k below `epochs`."""
+    r, out = max(1, min_epochs), []
+    while r < epochs:
+        out.append(r)
+        r *= ETA
+    return out
+
+
+def root(t: FrozenTrial) -> int:
+    return int(t.user_attrs.get(ROOT, t.number))
+
+
+@dataclass(frozen=True)
+class Rung:
+    epoch: int
+    values: dict[int, float]  # configuration (lineage root) -> its value at this rung
+    promoted: frozenset[int]  # configurations that went on past this rung (or are queued to)
+
+    def promotable(self, maximize: bool) -> list[int]:
+        """Configurations in the rung's top 1/ETA that it has not promoted yet, best first."""
+        ranked = sorted(self.values, key=lambda c: self.values[c], reverse=maximize)
+        return [c for c in ranked[:len(ranked) // ETA] if c not in self.promoted]
+
+
+class ASHA:
+    def __init__(self, min_epochs: int, epochs: int, maximize: bool):
+        self.levels, self.maximize = rungs(min_epochs, epochs), maximize
+
+    def _rung(self, trials: list[FrozenTrial], epoch: int) -> Rung:
+        values: dict[int, float] = {}
+        promoted: set[int] = set()
+        for t in trials:
+            value = t.intermediate_values.get(epoch)
+            if t.state == OptunaState.WAITING and t.user_attrs.get(FROM_RUNG) == epoch:
+                promoted.add(root(t))  # queued to continue from this rung
+            if value is None or not math.isfinite(value):
+                continue
+            values[root(t)] = value
+            if any(step > epoch for step in t.intermediate_values):
+                promoted.add(root(t))
+        return Rung(epoch, values, frozenset(promoted))
+
+    def decide(self, study: optuna.Study, trial_number: int, epoch: int) -> str:
+        """At the end of `epoch` of a running trial whose value was just reported: "continue" or "pause"."""
+        if epoch not in self.levels:
+            return "continue"
+        trials = study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial_number)
+        return "continue" if root(me) in self._rung(trials, epoch).promotable(self.maximize) else "pause"
+
+    def next_promotion(self, study: optuna.Study) -> FrozenTrial | None:
+        """A paused trial its rung now promotes (highest rung first), or None."""
+        trials = study.get_trials(deepcopy=False)
+        paused = {root(t): t for t in trials if t.state == OptunaState.PRUNED and PAUSED_AT in t.user_attrs}
+        for epoch in reversed(self.levels):
+            for config in self._rung(trials, epoch).promotable(self.maximize):
+                t = paused.get(config)
+                if t is not None and t.user_attrs[PAUSED_AT] == epoch:
+                    return t
+        return None
+
+    @staticmethod
+    def queue(study: optuna.Study, paused: FrozenTrial) -> None:
+        """Queue the continuation of `paused`: the next trial takes its params and resumes its checkpoint."""
+        study.enqueue_trial(paused.params, user_attrs={RESUME_OF: paused.number, ROOT: root(paused),
+                                                       FROM_RUNG: paused.user_attrs[PAUSED_AT]})
