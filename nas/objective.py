@@ -75,7 +75,7 @@ class TrialObjective:
                    if isinstance(v, (int, float)) and math.isfinite(v)}
         self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
                                tags={"nas.traceback": result.traceback} if result.traceback else {})
-        self.reporter.trial_finished(number, result.state, result.metrics, result.reason)
+        self.reporter.trial_finished(number, result.state, result.metrics, result.reason, continues=resume_of)
         return result
 
     def out_of_time(self) -> bool:

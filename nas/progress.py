@@ -14,8 +14,8 @@ from rich.text import Text
 
 from nas.trial import TrialState, tally
 
-STYLES = {TrialState.FINISHED: "green", TrialState.PRUNED: "yellow", TrialState.DIVERGED: "magenta",
-          TrialState.FAILED: "red"}
+STYLES = {TrialState.FINISHED: "green", TrialState.PRUNED: "yellow", TrialState.PAUSED: "cyan",
+          TrialState.DIVERGED: "magenta", TrialState.FAILED: "red"}
 
 
 class Reporter(Protocol):
@@ -23,7 +23,8 @@ class Reporter(Protocol):
     def search_started(self, *, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None: ...
     def trial_started(self, number: int, params_count: int) -> None: ...
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None: ...
-    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None: ...
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None,
+                       continues: int | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -48,11 +49,14 @@ class _Counts:
         return sum(n for s, n in self.by_state.items() if s.counts)
 
     def others(self) -> str:
-        """ "pruned 2  diverged 1  failed 0": the states besides finished (diverged only once there is one)"""
+        """ "pruned 2  diverged 1  failed 0": the states besides finished (paused and diverged once there is one)"""
         return "  ".join(f"{s.value} {n}" for s, n in self.by_state.items()
-                         if s in (TrialState.PRUNED, TrialState.FAILED) or (s == TrialState.DIVERGED and n))
+                         if s in (TrialState.PRUNED, TrialState.FAILED)
+                         or (s in (TrialState.PAUSED, TrialState.DIVERGED) and n))
 
-    def finish(self, state: TrialState, metrics: dict[str, float]) -> None:
+    def finish(self, state: TrialState, metrics: dict[str, float], continues: int | None = None) -> None:
+        if continues is not None and self.by_state[TrialState.PAUSED] > 0:
+            self.by_state[TrialState.PAUSED] -= 1  # one configuration: counted once, in its latest state
         self.by_state[state] += 1
         val = metrics.get("val_accuracy")
         if state == TrialState.FINISHED and val is not None and (self.best is None or val > self.best):
@@ -107,8 +111,9 @@ class RichReporter:
         self.c.epoch, self.c.current_val = epoch, metrics.get("val_accuracy")
         self._refresh()
 
-    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None:
-        self.c.finish(state, metrics)
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None,
+                       continues: int | None = None) -> None:
+        self.c.finish(state, metrics, continues)
         style = STYLES.get(state, "white")
         tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else (reason or "")
         self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
@@ -142,8 +147,9 @@ class PlainReporter:
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
-    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None) -> None:
-        self.c.finish(state, metrics)
+    def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None,
+                       continues: int | None = None) -> None:
+        self.c.finish(state, metrics, continues)
         detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else reason or ""
         others = self.c.others().replace("  ", ", ")
         self._print(f"trial {number:>3} {state.value:<8} {detail} [{self.c.done}/{self.c.total}, best "

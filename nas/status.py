@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-COUNTED = ("finished", "pruned", "diverged")
+COUNTED = ("finished", "pruned", "paused", "diverged")
 
 
 def lock_holder(lock_file: Path) -> int | None:

@@ -25,13 +25,19 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-TRIAL_STATES = {"finished": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED",
-                "interrupted": "KILLED"}  # nas.trial.TrialState -> MLflow run status
+TRIAL_STATES = {"finished": "FINISHED", "pruned": "KILLED", "paused": "KILLED", "diverged": "FAILED",
+                "failed": "FAILED", "interrupted": "KILLED"}  # nas.trial.TrialState -> MLflow run status
 SEARCH_STATUSES = ("FINISHED", "KILLED", "FAILED")
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3.17
 _MAX_TAG_LEN = 8000  # MAX_TAG_VAL_LENGTH
 _BATCH = 100  # MAX_PARAMS_TAGS_PER_BATCH
 _URI_FIX = "check --tracking-uri, tracking.uri in the spec, or --runs-dir for the default store"
+#: A trial's epoch metrics reach the store at most this often, and always when the trial ends. One write costs
+#: 10-20 ms on SQLite (hundreds when the disk is busy) while the worker waits between epochs, so epochs of a
+#: second or less paid it every time. The first epoch of a run is written at once: a store that cannot take it
+#: fails the trial then, not at its end. The rest wait in memory at most this long: Ctrl-C, SIGTERM and errors
+#: end the trial, which writes them; a kill -9 loses them with the trial itself, which a resume runs again.
+EPOCH_WRITE_INTERVAL_S = 5.0
 _HTTP = ("http://", "https://")
 
 
@@ -245,6 +251,8 @@ class MlflowTracker:
         self.uri = tracking_uri
         self._parent: str | None = None
         self._skipped: dict[str, set[str]] = {}
+        self._epochs: dict[str, list[Any]] = {}  # run id -> epoch metrics not written yet (mlflow Metric)
+        self._written: dict[str, float] = {}  # run id -> when its epoch metrics were last written (monotonic)
         with self._guard("open the store"):
             db = _sqlite_path(tracking_uri) if tracking_uri.startswith("sqlite:") else None
             if db is not None and not db.exists():
@@ -291,11 +299,13 @@ class MlflowTracker:
         return str(exp.experiment_id)
 
     def _batch(self, run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-               tags: dict[str, str] | None = None) -> None:
+               tags: dict[str, str] | None = None, steps: list[Any] | None = None) -> None:
+        """One log_batch (more only past MLflow's batch limits): `metrics` at step 0, `steps` (mlflow Metric)
+        as they are."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, v, now, 0) for k, v in (metrics or {}).items()]
+        ms = [*(steps or []), *(Metric(k, v, now, 0) for k, v in (metrics or {}).items())]
         ps = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
         ts = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in (tags or {}).items()]
         while ms or ps or ts:  # one call unless a batch limit is exceeded
@@ -373,15 +383,27 @@ class MlflowTracker:
             return run_id
 
     def log_epoch(self, run_id: str, step: int, metrics: dict[str, float]) -> None:
+        """Queue one epoch's metrics; write the run's queue when EPOCH_WRITE_INTERVAL_S has passed since its last
+        write (at once for its first epoch). end_trial writes whatever is left."""
         from mlflow.entities import Metric
 
         good, bad = _finite(metrics)
         if bad:
             self._skipped.setdefault(run_id, set()).update(bad)
         if good:
-            now = int(time.time() * 1000)
+            now = int(time.time() * 1000)  # when the epoch ended, not when it was written
+            self._epochs.setdefault(run_id, []).extend(Metric(k, v, now, step) for k, v in good.items())
+        last = self._written.get(run_id)
+        if last is None or time.monotonic() - last >= EPOCH_WRITE_INTERVAL_S:
             with self._guard(f"log epoch {step}"):
-                self._client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in good.items()])
+                self._write_epochs(run_id)
+
+    def _write_epochs(self, run_id: str) -> None:
+        queued = self._epochs.get(run_id)
+        if queued:
+            self._batch(run_id, steps=queued)
+        self._epochs.pop(run_id, None)  # only once written: a failed write keeps them for end_trial to retry
+        self._written[run_id] = time.monotonic()
 
     def end_trial(self, run_id: str, *, state: str, reason: str | None, metrics: dict[str, float],
                   tags: dict[str, str]) -> None:
@@ -393,7 +415,9 @@ class MlflowTracker:
         if skipped:
             all_tags["nas.nonfinite_metrics"] = ",".join(skipped)
         with self._guard(f"end the trial run {run_id}"):
-            self._batch(run_id, metrics=good, tags=all_tags)
+            self._batch(run_id, metrics=good, tags=all_tags, steps=self._epochs.get(run_id))  # the queued epochs too
+            self._epochs.pop(run_id, None)
+            self._written.pop(run_id, None)
             self._client.set_terminated(run_id, status=TRIAL_STATES[state])
 
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:

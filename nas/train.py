@@ -149,7 +149,7 @@ class _EpochCallback(keras.callbacks.Callback):
             self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
         elif decision == "pause" and n < self.epochs:  # a rung's verdict: "not yet"; it may be promoted later
-            self.stopped = (TrialState.PRUNED, f"paused at epoch {n} ({self.monitor} {shown:.4f}); continues from "
+            self.stopped = (TrialState.PAUSED, f"paused at epoch {n} ({self.monitor} {shown:.4f}); continues from "
                                                "its checkpoint if its rung promotes it")
             self.paused = self.model.stop_training = True
         elif self.patience and self._since_best >= self.patience:

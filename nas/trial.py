@@ -29,6 +29,7 @@ class TrialState(StrEnum):
 
     FINISHED = "finished"  # trained to the end (or stopped early by early_stopping)
     PRUNED = "pruned"  # judged hopeless: by the pruner, or rejected before training (impossible shape, too large)
+    PAUSED = "paused"  # stopped at a rung with a checkpoint (pruner asha): a later trial may continue it
     DIVERGED = "diverged"  # its loss became NaN/inf: a verdict on the params, like pruning
     FAILED = "failed"  # an error: an exception, a dead worker, out of memory, the trial timeout
     INTERRUPTED = "interrupted"  # cut off by Ctrl-C, SIGTERM or kill -9; a rerun runs it again
@@ -38,7 +39,7 @@ class TrialState(StrEnum):
         """Whether the trial counts toward `search.trials`: it reached a verdict on its params. A failed trial
         says nothing about its params (a replacement runs, up to search.max_failed_trials); an interrupted one
         is run again."""
-        return self in (TrialState.FINISHED, TrialState.PRUNED, TrialState.DIVERGED)
+        return self in (TrialState.FINISHED, TrialState.PRUNED, TrialState.PAUSED, TrialState.DIVERGED)
 
 
 def tally(states: Iterable[str]) -> dict[TrialState, int]:
@@ -51,7 +52,7 @@ def tally(states: Iterable[str]) -> dict[TrialState, int]:
 
 
 def describe_tally(counts: dict[TrialState, int]) -> str:
-    """ "3 finished, 1 pruned, 0 failed" plus diverged and interrupted when there are any."""
+    """ "3 finished, 1 pruned, 0 failed" plus paused, diverged and interrupted when there are any."""
     parts = [f"{counts[s]} {s.value}" for s in TrialState
              if s in (TrialState.FINISHED, TrialState.PRUNED, TrialState.FAILED) or counts[s]]
     return ", ".join(parts)

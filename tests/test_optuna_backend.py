@@ -182,7 +182,7 @@ class Pausing(Scripted):
             verdict = should_prune(epoch, metrics)
             if verdict in ("pause", True, "prune"):
                 self.spans.append((number, resume_of, start, epoch))
-                return TrialResult("pruned", f"paused at epoch {epoch}", {**metrics, "epochs_run": float(epoch - start + 1)})
+                return TrialResult("paused", f"paused at epoch {epoch}", {**metrics, "epochs_run": float(epoch - start + 1)})
         self.spans.append((number, resume_of, start, epochs))
         return TrialResult("finished", None, {**metrics, "epochs_run": float(epochs - start + 1)})
 

@@ -113,6 +113,10 @@ def test_asha_through_the_real_search_pauses_checkpoints_and_continues_trials(tm
     waiting = set(paused["trial"]) - {int(p) for p in continued["continues"]}
     assert all((root / "checkpoints" / f"trial-{n}.npz").exists() for n in waiting)  # may still be promoted
     assert len(set(board["trial"])) - len(continued) == 6  # search.trials counts configurations
+    # each configuration counts once, in its latest state: a continued trial's row says who took over
+    used = board[board["trial"].isin(continued["continues"].astype(int))]
+    assert (used["state"] == "continued").all() and used["reason"].str.contains("; continued by trial").all()
+    assert set(board.loc[board["trial"].isin(waiting), "state"]) <= {"paused"}
     client = MlflowClient(f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}")
     runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id],
                               filter_string="tags.`nas.resume_of` != ''")

@@ -98,7 +98,7 @@ def test_a_trial_paused_and_resumed_from_its_checkpoint_ends_as_one_trained_stra
     straight = run_trial(task(), splits, lambda e, m: "continue")
     final = builds[-1].get_weights()
     paused = run_trial(task(checkpoint_to=str(ckpt)), splits, lambda e, m: "pause" if e == 1 else "continue")
-    assert paused.state == "pruned" and paused.reason.startswith("paused at epoch 1") and ckpt.exists()
+    assert paused.state == "paused" and paused.reason.startswith("paused at epoch 1") and ckpt.exists()
     assert paused.history == straight.history[:1]
     run_trial(task(), splits, lambda e, m: "continue")  # another model in between, as in a recycled worker
     seen: list[int] = []

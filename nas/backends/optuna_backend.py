@@ -190,7 +190,7 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
         result = objective(trial.number, params, epochs=spec.train.epochs,
                            should_prune=should_prune if single else None, tags=tags, **pausing)
-        if paused_at and result.state == TrialState.PRUNED:
+        if paused_at and result.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED_AT, paused_at[-1])
         for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
             if key in result.metrics and math.isfinite(result.metrics[key]):
@@ -243,8 +243,17 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     return stop_reason
 
 
-def trial_state(t: optuna.trial.FrozenTrial) -> str:
-    """A nas TrialState value, or "running" / "waiting" for a trial still under way."""
+def continued(study: optuna.Study) -> dict[int, int]:
+    """Paused trial -> the trial that continues it (pruner asha)."""
+    return {int(t.user_attrs[RESUME_OF]): t.number for t in study.get_trials(deepcopy=False)
+            if RESUME_OF in t.user_attrs and t.state != OptunaState.FAIL}
+
+
+def trial_state(t: optuna.trial.FrozenTrial, continued_by: dict[int, int] | None = None) -> str:
+    """A nas TrialState value, "running" / "waiting" for a trial still under way, or "continued" for a paused
+    trial that a later trial continues (its configuration is counted there, not twice)."""
+    if continued_by and t.number in continued_by:
+        return "continued"
     recorded = t.user_attrs.get(STATE)
     if t.state == OptunaState.FAIL:
         # failed means the objective said so; otherwise Ctrl-C or a dead process cut it off (even one that
@@ -260,8 +269,12 @@ def trial_state(t: optuna.trial.FrozenTrial) -> str:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Leaderboard rows (see nas.leaderboard.frame) from the study's trials."""
     rows = []
+    by = continued(study)
     for t in study.get_trials(deepcopy=False):
-        rows.append({"trial": t.number, "state": trial_state(t), "reason": t.user_attrs.get("reason", ""),
+        reason = t.user_attrs.get("reason", "")
+        if t.number in by:
+            reason = f"{reason.split(';')[0]}; continued by trial {by[t.number]}"
+        rows.append({"trial": t.number, "state": trial_state(t, by), "reason": reason,
                      **{k: v for k, v in t.user_attrs.items() if not k.startswith("nas.") and k != "reason"},
                      **({"continues": t.user_attrs[RESUME_OF]} if RESUME_OF in t.user_attrs else {}),
                      **{f"param.{k}": v for k, v in t.params.items()}})
@@ -290,7 +303,7 @@ def reclaim(study: optuna.Study, spec: Spec, owner: str | None, local: bool) -> 
         try:
             if recorded == TrialState.FINISHED and len(told) == len(values):
                 study.tell(t.number, told if len(told) > 1 else told[0])
-            elif recorded in (TrialState.PRUNED, TrialState.DIVERGED, TrialState.FAILED):
+            elif recorded in (TrialState.PRUNED, TrialState.PAUSED, TrialState.DIVERGED, TrialState.FAILED):
                 study.tell(t.number, state=OptunaState.FAIL if recorded == TrialState.FAILED else OptunaState.PRUNED)
             else:
                 study.tell(t.number, state=OptunaState.FAIL)
@@ -340,7 +353,8 @@ class OptunaBackend:
         return count(self.study, *DONE_STATES)
 
     def counts(self) -> dict[TrialState, int]:
-        return tally(trial_state(t) for t in self.study.get_trials(deepcopy=False))
+        by = continued(self.study)
+        return tally(trial_state(t, by) for t in self.study.get_trials(deepcopy=False))
 
     def rows(self) -> list[dict[str, Any]]:
         return trial_rows(self.study)

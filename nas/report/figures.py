@@ -10,8 +10,9 @@ import pandas as pd
 
 from nas.report.data import SearchData
 
-_STATE_STYLE = {"finished": ("#1f77b4", "o"), "pruned": ("#ff7f0e", "x"), "diverged": ("#d62728", "X"),
-                "failed": ("#7f7f7f", "s"), "interrupted": ("#9467bd", "s")}
+_STATE_STYLE = {"finished": ("#1f77b4", "o"), "pruned": ("#ff7f0e", "x"), "paused": ("#17becf", "P"),
+                "continued": ("#17becf", "."), "diverged": ("#d62728", "X"), "failed": ("#7f7f7f", "s"),
+                "interrupted": ("#9467bd", "s")}
 
 
 def _plt() -> Any:
