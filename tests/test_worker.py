@@ -66,13 +66,17 @@ def test_workers_are_recycled_and_prune_decisions_reach_them(setup, tmp_path: Pa
         runner.close()
 
 
-def test_same_seed_gives_the_same_metrics_in_a_fresh_worker(setup) -> None:
+def test_same_seed_gives_the_same_metrics_in_a_fresh_worker_and_a_used_one(setup) -> None:
+    """A worker clears the session a trial leaves (after sending its result): the next trial trains as in a fresh
+    worker."""
     candidate, splits = setup
     results = []
-    for _ in range(2):
+    for earlier in ((), (3,)):
         runner = ProcessRunner(splits)
         try:
-            results.append(runner.run(TrialTask(0, candidate, seed=5, epochs=2), lambda e, m: "continue").history)
+            for seed in earlier:
+                runner.run(TrialTask(0, candidate, seed=seed, epochs=1), lambda e, m: "continue")
+            results.append(runner.run(TrialTask(1, candidate, seed=5, epochs=2), lambda e, m: "continue").history)
         finally:
             runner.close()
     assert results[0] == results[1]
