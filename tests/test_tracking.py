@@ -117,6 +117,54 @@ def test_trials_are_nested_with_params_and_epoch_history(store: tuple[str, Path]
     assert [r.info.run_id for r in children] == [run_id]
 
 
+def steps_of(uri: str, run_id: str, key: str = "loss") -> list[int]:
+    return sorted(m.step for m in client(uri).get_metric_history(run_id, key))
+
+
+def test_epochs_reach_the_store_at_most_every_interval_and_all_at_the_end(
+        store: tuple[str, Path], tracker: T.MlflowTracker, spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store write per short epoch was the largest fixed cost of a trial: the first epoch is written at once,
+    later ones when EPOCH_WRITE_INTERVAL_S has passed, and end_trial writes the rest, with their own steps."""
+    monkeypatch.setattr(T, "EPOCH_WRITE_INTERVAL_S", 3600.0)
+    start(tracker, spec)
+    run_id = tracker.start_trial(0, {"x": 1}, {})
+    tracker.log_epoch(run_id, 1, {"loss": 1.0, "val_accuracy": 0.1})
+    assert steps_of(store[0], run_id) == [1]  # the first epoch at once: a store that fails, fails the trial now
+    for step in (2, 3):
+        tracker.log_epoch(run_id, step, {"loss": 1.0 / step, "val_accuracy": 0.1 * step})
+    assert steps_of(store[0], run_id) == [1]  # queued
+    monkeypatch.setattr(T, "EPOCH_WRITE_INTERVAL_S", 0.0)  # as if the interval had passed
+    tracker.log_epoch(run_id, 4, {"loss": 0.25, "val_accuracy": 0.4})
+    assert steps_of(store[0], run_id) == [1, 2, 3, 4]  # the queue with this epoch
+    monkeypatch.setattr(T, "EPOCH_WRITE_INTERVAL_S", 3600.0)
+    tracker.log_epoch(run_id, 5, {"loss": 0.2, "val_accuracy": float("nan")})
+    tracker.end_trial(run_id, state="finished", reason=None, metrics={"best_val_accuracy": 0.4}, tags={})
+    c = client(store[0])
+    assert steps_of(store[0], run_id) == [1, 2, 3, 4, 5]
+    assert [m.value for m in sorted(c.get_metric_history(run_id, "loss"), key=lambda m: m.step)] == \
+        pytest.approx([1, 1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    assert steps_of(store[0], run_id, "val_accuracy") == [1, 2, 3, 4]  # NaN skipped, and named
+    run = c.get_run(run_id)
+    assert run.data.metrics["loss"] == pytest.approx(0.2)  # the latest step, not the order of writes
+    assert run.data.metrics["best_val_accuracy"] == 0.4 and run.info.status == "FINISHED"
+    assert run.data.tags["nas.nonfinite_metrics"] == "val_accuracy"
+
+
+@pytest.mark.parametrize("state", ["interrupted", "failed"])
+def test_queued_epochs_are_written_when_a_trial_is_cut_off(store: tuple[str, Path], tracker: T.MlflowTracker,
+                                                           spec: Path, state: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C, SIGTERM or an error of ours end the trial through end_trial: no queued epoch is lost."""
+    monkeypatch.setattr(T, "EPOCH_WRITE_INTERVAL_S", 3600.0)
+    start(tracker, spec)
+    run_id = tracker.start_trial(0, {"x": 1}, {})
+    for step in (1, 2, 3):
+        tracker.log_epoch(run_id, step, {"loss": 1.0 / step})
+    tracker.end_trial(run_id, state=state, reason="cut off", metrics={}, tags={})
+    assert steps_of(store[0], run_id) == [1, 2, 3]
+    assert client(store[0]).get_run(run_id).data.tags["nas.state"] == state
+
+
 @pytest.mark.parametrize(("state", "status"), [("finished", "FINISHED"), ("pruned", "KILLED"),
                                                 ("failed", "FAILED"), ("interrupted", "KILLED")])
 def test_end_states_map_to_mlflow_statuses(store: tuple[str, Path], tracker: T.MlflowTracker, spec: Path,
