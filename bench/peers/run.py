@@ -58,14 +58,18 @@ def nas_result(run_dir: Path, started_at: float) -> dict:
         return float(r["epochs_run"] or 0)
 
     started = [r for r in rows if epochs(r) > 0]
+    configs = len(rows) - sum(bool(r.get("continues")) for r in rows)  # a continuation is not a new configuration
     cut = [r for r in started if r["state"] == "finished" and "budget" in r["reason"]]
     finished = [r for r in started if r["state"] == "finished" and r not in cut]
     pruned = sum(r["state"] == "pruned" for r in started)
+    paused = sum(r["state"] == "paused" for r in started)  # pruner asha: stopped at a rung with a checkpoint
+    continued = sum(r["state"] == "continued" for r in started)  # ... and later continued by another trial
     return {"wall_s": metrics_file.stat().st_mtime - started_at,  # when the winner's test accuracy was known
             "test_accuracy": round(metrics["test_accuracy"], 4), "val_accuracy": round(metrics["val_accuracy"], 4),
             "trials_started": len(started), "trials_finished": len(finished),
             "epochs": round(sum(map(epochs, started)), 1),
-            "notes": f"{pruned} pruned, {len(cut)} cut by the budget, {len(rows) - len(started)} rejected before "
+            "notes": f"{configs} configurations: {pruned} pruned, {paused} paused at a rung, {continued} paused and "
+                     f"continued later, {len(cut)} cut by the budget, {len(rows) - len(started)} rejected before "
                      f"training; best trial {metrics['trial']}; epochs on rung subsets count whole"}
 
 
