@@ -161,7 +161,7 @@ class _TimedOut(Exception):
 class ProcessRunner:
     """One spawned child at a time, replaced after `max_tasks` trials or when it dies."""
 
-    def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 10,
+    def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 25,
                  env: dict[str, str] | None = None, log_path: str | None = None,
                  trial_timeout: float | None = None, start_timeout: float = START_TIMEOUT_S):
         self.splits, self.deterministic, self.max_tasks = splits, deterministic, max_tasks

@@ -226,3 +226,18 @@ def test_asha_pauses_at_rungs_and_continues_the_top_third_from_where_they_stoppe
     best = max(roots, key=lambda c: -abs(math.log10(trials[c].params["train.learning_rate"]) + 2.5))
     assert max(e for _, e in roots[best]) == 9, "the best configuration never reached full fidelity"
     assert sum(e - s + 1 for spans in roots.values() for s, e in spans) < 12 * 9 / 2  # far cheaper than full runs
+
+
+def test_a_sqlite_study_is_written_in_wal_mode_and_read_while_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "study.db"
+    storage = ob.make_storage(f"sqlite:///{db.as_posix()}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # a read-only reader (nas status) sees the committed trial while the search still holds the database
+    ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert ro.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 1
+    ro.close()

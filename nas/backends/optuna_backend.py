@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
 from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF, ROOT
@@ -91,13 +92,28 @@ def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
             heartbeat_stale_trial_callback=retry_dead_trial,
             engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else None,
         )
+        if url.startswith("sqlite:"):
+            # SQLite's default (a rollback journal, fsync on every commit) made Optuna's dozen commits per trial
+            # cost ~290 ms on a busy disk; WAL with synchronous=NORMAL ~130 ms. A killed process loses nothing
+            # committed (only a power cut can lose the last commits), and readers (`nas status`, the dashboard)
+            # no longer block the search's writes.
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+            storage.engine.dispose()  # connections opened before the listener are reopened with it
+        return storage
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -201,7 +201,7 @@ class SearchSpec(Section):
     warmup_epochs: int = Field(1, ge=0, description="epochs a trial runs before it can be pruned")
     max_failed_trials: int = Field(10, ge=1, description="stop the search after this many trials failed with an error")
     isolate_trials: bool = Field(True, description="train in a recycled worker process (bounded memory, crash-safe)")
-    worker_max_trials: int = Field(10, ge=1, description="trials a worker process runs before it is replaced")
+    worker_max_trials: int = Field(25, ge=1, description="trials a worker process runs before it is replaced")
 
     @model_validator(mode="before")
     @classmethod
