@@ -15,14 +15,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall only when the dependency list changes. The test set adds pytest and the GP sampler's PyTorch
-# (the CPU build; on this project's machines pip finds it on local disk).
+# Reinstall only when the dependency list changes. The test set adds pytest, the GP sampler's PyTorch (the CPU
+# build; on this project's machines pip finds it on local disk) and JAX, so tests train on every framework.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $(STAMP)
 
 $(TESTSTAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,gp]'
+	$(BIN)/python -m pip install --quiet -e '.[test,gp,jax,torch]'
 	@touch $(STAMP) $(TESTSTAMP)
 
 install: $(STAMP)

@@ -51,5 +51,22 @@ def build_model(arch: ArchConfig) -> keras.Model:
         x = _activation(arch.activation, f"head_act{k}")(x)
         if arch.head_dropout > 0:
             x = layers.Dropout(arch.head_dropout, name=f"head_dropout{k}")(x)
-    outputs = layers.Dense(arch.num_classes, activation="softmax", name="predictions")(x)
+    # float32 under a mixed-precision policy too: a softmax in float16 saturates and its loss loses precision
+    outputs = layers.Dense(arch.num_classes, activation="softmax", name="predictions", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="nas_cnn")
+
+
+def float32_copy(model: keras.Model, arch: ArchConfig) -> keras.Model:
+    """`model` as a float32 model: itself under the float32 policy, else the same architecture rebuilt under it
+    with `model`'s weights (which mixed precision keeps in float32 anyway). What is saved and exported is
+    always this, so a loaded model computes in float32 whatever precision it was trained in."""
+    policy = keras.config.dtype_policy()
+    if policy.name == "float32":
+        return model
+    keras.config.set_dtype_policy("float32")
+    try:
+        clean = build_model(arch)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    clean.set_weights(model.get_weights())
+    return clean

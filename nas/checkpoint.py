@@ -2,9 +2,11 @@
 
 What a promoted trial needs to go on as if it had never stopped: every variable of the training model (weights,
 batch-norm statistics, and the seed-generator states of dropout and augmentation), every optimizer variable
-(its step count drives the learning-rate schedule), and the trial's own bookkeeping (curve so far, best epoch and
-its weights, early-stopping count). With the epoch-indexed data order of nas.data.pipeline that is all there
-is: a trial resumed from epoch e ends with the weights of one trained straight through (same seed, same backend).
+(its step count drives the learning-rate schedule), the framework's global random state where layers draw from
+it (PyTorch's dropout does, for layers without an explicit seed), and the trial's own bookkeeping (curve so far,
+best epoch and its weights, early-stopping count). With the epoch-indexed data order of nas.data.pipeline that
+is all there is: a trial resumed from epoch e ends with the weights of one trained straight through (same seed,
+same framework).
 
 One .npz file, written to a temporary name and renamed: a kill never leaves half a checkpoint. Variables are
 matched by position and shape, not by name: Keras numbers its auto-names per process, and a recycled worker
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from nas import framework as fw
+
 FORMAT = 1
 
 
@@ -31,6 +35,7 @@ class Checkpoint:
     optimizer: list[np.ndarray]
     best_weights: list[np.ndarray] | None = None
     progress: dict[str, Any] = field(default_factory=dict)  # history, best, best_epoch, since_best
+    rng: list[np.ndarray] = field(default_factory=list)  # the framework's global generator state (nas.framework)
 
 
 def save(path: str | Path, trainer: Any, *, epoch: int, best_weights: list[Any] | None,
@@ -40,7 +45,7 @@ def save(path: str | Path, trainer: Any, *, epoch: int, best_weights: list[Any] 
     arrays: dict[str, Any] = {}
     for prefix, values in (("v", [v.numpy() for v in trainer.variables]),
                            ("o", [v.numpy() for v in trainer.optimizer.variables]),
-                           ("b", best_weights or [])):
+                           ("b", best_weights or []), ("r", fw.rng_state())):
         arrays.update({f"{prefix}{i}": np.asarray(a) for i, a in enumerate(values)})
     meta = {"format": FORMAT, "epoch": epoch, "has_best": best_weights is not None, "progress": progress}
     arrays["meta"] = np.array(json.dumps(meta))
@@ -61,7 +66,8 @@ def load(path: str | Path) -> Checkpoint:
             return [z[f"{prefix}{i}"] for i in range(sum(1 for k in z.files if k[:1] == prefix and k[1:].isdigit()))]
 
         return Checkpoint(epoch=int(meta["epoch"]), variables=series("v"), optimizer=series("o"),
-                          best_weights=series("b") if meta["has_best"] else None, progress=meta["progress"])
+                          best_weights=series("b") if meta["has_best"] else None, progress=meta["progress"],
+                          rng=series("r"))
 
 
 def read_progress(path: str | Path) -> dict[str, Any]:

@@ -75,12 +75,20 @@ def validate(
                        "space.strides, space.pooling or space.max_params")
     seconds = _seconds("--budget", budget) or loaded.spec.search.budget
     if seconds:
+        from nas import framework as fw
         from nas.budget import plan_budget
-        from nas.worker import InlineRunner
+        from nas.worker import InlineRunner, ProcessRunner
 
-        with err_console.status("probing the cheapest and the dearest candidates"):
-            plan = plan_budget(loaded.spec, info, splits, InlineRunner(splits, loaded.spec.train.deterministic),
-                               seconds)
+        t = loaded.spec.train
+        # the probe runs here unless Keras is already loaded on another framework (a keras: data source)
+        setup = fw.Setup.of(t)
+        runner = InlineRunner(splits, setup) if fw.loaded() in (None, t.backend) \
+            else ProcessRunner(splits, setup=setup)
+        try:
+            with err_console.status("probing the cheapest and the dearest candidates"):
+                plan = plan_budget(loaded.spec, info, splits, runner, seconds)
+        finally:
+            runner.close()
         for line in plan.lines():
             console.print(line, markup=False)
     console.print(f"[green]ok[/]: {spec} is valid")

@@ -73,8 +73,8 @@ class TrialObjective:
         # land as a stray point at step 0 of the same curve in the MLflow charts.
         metrics = {(f"best_{k}" if k in EPOCH_METRICS else k): v for k, v in result.metrics.items()
                    if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics,
-                               tags={"nas.traceback": result.traceback} if result.traceback else {})
+        tags = {**result.tags, **({"nas.traceback": result.traceback} if result.traceback else {})}
+        self.tracker.end_trial(run_id, state=result.state, reason=result.reason, metrics=metrics, tags=tags)
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason, continues=resume_of)
         return result
 
@@ -145,7 +145,7 @@ class TrialObjective:
             self.best_value = value
             promote_best(self.run, model_path, candidate.arch.to_json(), {
                 "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],
-                "device": device, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "device": device, "framework": self.runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
         else:
             model_path.unlink(missing_ok=True)

@@ -218,6 +218,9 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
 
     loaded = _with_overrides(load_spec(spec_path), opts)
     spec = loaded.spec
+    from nas import framework as fw
+
+    fw.require(spec.train.backend, loaded.where("train.backend"))  # before anything is written or trained
     # What a previous session of this run recorded (read only: the run dir is prepared after the data loads,
     # so that a spec whose data path is wrong never claims a run directory).
     previous = RunDir(opts.runs_dir / spec.name).read_meta()
@@ -248,6 +251,8 @@ def _claim(s: _Search, held: contextlib.ExitStack) -> tuple[bool, bool]:
     lock = held.enter_context(claim(s.run_dir))
     s.test_fingerprint = remember_test_split(s.run_dir, s.splits.test, s.spec.data.source)  # changed data: refused
     s.backend = open_backend(s.loaded, s.space, s.run_dir, s.opts, resuming)
+    if hasattr(s.backend, "close"):
+        held.callback(s.backend.close)  # runs before the lock is released
     return resuming, lock.held
 
 
@@ -256,7 +261,7 @@ def _start_parent_run(s: _Search, resuming: bool) -> str | None:
     return s.tracker.start_search(
         run_name=spec.name, spec_path=s.loaded.path, spec_hash=s.loaded.hash,
         resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
-        params={"backend": spec.search.backend, **s.backend.describe(),
+        params={"backend": spec.search.backend, "framework": spec.train.backend, **s.backend.describe(),
                 "trials": s.backend.total, "epochs": s.backend.epochs, "seed": spec.search.seed,
                 "space_dims": len(s.space.dims), "data": s.description, "test_fingerprint": s.test_fingerprint},
         tags={"nas.run_dir": str(s.run_dir.root.resolve())},
@@ -276,12 +281,13 @@ def _settle_previous_session(s: _Search, lock_held: bool) -> None:
 
 
 def _make_runner(s: _Search) -> Any:
+    from nas.framework import Setup
     from nas.worker import InlineRunner, ProcessRunner
 
-    spec = s.spec
+    spec, setup = s.spec, Setup.of(s.spec.train)
     if s.opts.inline or not spec.search.isolate_trials:
-        return InlineRunner(s.splits, spec.train.deterministic, trial_timeout=spec.search.trial_timeout)
-    return ProcessRunner(s.splits, deterministic=spec.train.deterministic, max_tasks=spec.search.worker_max_trials,
+        return InlineRunner(s.splits, setup, trial_timeout=spec.search.trial_timeout)
+    return ProcessRunner(s.splits, setup=setup, max_tasks=spec.search.worker_max_trials,
                          log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
 
 
@@ -419,6 +425,7 @@ def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, descr
         **measured,
         "params": trial_info["metrics"].get("params"),
         "flops": trial_info["metrics"].get("flops"),
+        "framework": trial_info.get("framework", "tensorflow"),
         "objectives": [o.model_dump() for o in spec.search.objectives],
         "data": description,
         "spec_hash": spec_hash,

@@ -16,9 +16,10 @@ from typing import Any
 import keras
 
 from nas import checkpoint
+from nas import framework as fw
 from nas.arch import plan
 from nas.augment import Augmentation, for_training
-from nas.builder import build_model
+from nas.builder import build_model, float32_copy
 from nas.data.pipeline import eval_dataset, train_batches
 from nas.data.splits import Split, Splits, subset
 from nas.errors import InvalidArchitecture
@@ -44,12 +45,13 @@ def make_optimizer(t: TrainConfig, total_steps: int | None = None) -> keras.opti
     return keras.optimizers.SGD(lr, momentum=t.momentum, nesterov=True, weight_decay=wd)
 
 
-def compile_for_training(model: keras.Model, t: TrainConfig, *, steps_per_epoch: int, epochs: int) -> None:
+def compile_for_training(model: keras.Model, t: TrainConfig, *, steps_per_epoch: int, epochs: int,
+                         jit_compile: bool | str = "auto") -> None:
     """The one place a model is compiled for training: every trial, and export's retraining of the winner.
     The learning rate follows `t.schedule` over `epochs` planned epochs of `steps_per_epoch` steps each."""
     model.compile(optimizer=make_optimizer(t, steps_per_epoch * epochs),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
     # Built here rather than inside the first traced train step: Keras otherwise traces that step's graph
     # around the optimizer's variable creation, which cost ~1.5 s per trial on 2 cores (same weights after).
     model.optimizer.build(model.trainable_variables)
@@ -64,7 +66,7 @@ def describe_failure(exc: BaseException, frames: int = 10, message_chars: int = 
     # TensorFlow raises ResourceExhaustedError for GPU and CPU allocations alike; CUDA's own failures come as
     # Internal/UnknownError whose text says "out of memory".
     if name == "ResourceExhaustedError" or isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        reason = "out of memory; lower train.batch_size or space.max_params"
+        reason = f"out of memory{fw.where()}; lower train.batch_size or space.max_params"
     else:
         reason = f"{name}: {text.splitlines()[0][:300]}" if text else name
     tb = traceback.TracebackException.from_exception(exc, limit=-frames)
@@ -92,6 +94,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.stopped: tuple[TrialState, str] | None = None  # (state, reason)
         self.paused = self.out_of_budget = False
         self.resumed_at = 0  # epochs already trained when this task began (from a checkpoint)
+        self.rng: list[Any] = []  # a checkpoint's framework random state, restored when training begins
         self._since_best = 0
         self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
         self.stop_at, self.mid_epoch = task.stop_at, False  # search.budget's deadline, and whether it cut an epoch
@@ -105,6 +108,15 @@ class _EpochCallback(keras.callbacks.Callback):
         p = ckpt.progress
         self.history, self.best, self.best_epoch = list(p["history"]), dict(p["best"]), p["best_epoch"]
         self._since_best, self.best_weights, self.resumed_at = int(p["since_best"]), ckpt.best_weights, ckpt.epoch
+        self.rng = ckpt.rng
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # The framework's global random state (PyTorch's, for dropout) goes back just before the first batch, not
+        # with the variables: fit draws from it before that (building the model, starting its data loader), where
+        # a run trained straight through did so only once, at its start. (Batch-begin hooks run synchronously.)
+        if self.rng:
+            fw.set_rng_state(self.rng)
+            self.rng = []
 
     def _improved(self, metrics: dict[str, float]) -> bool:
         value = metrics.get(self.monitor, math.nan)
@@ -160,27 +172,45 @@ class _EpochCallback(keras.callbacks.Callback):
 
 
 def _result(state: TrialState, reason: str | None, cb: _EpochCallback, started: float,
-            **extra: str | None) -> TrialResult:
+            model_path: str | None = None, traceback: str | None = None) -> TrialResult:
     metrics = {**cb.best, "best_epoch": float(cb.best_epoch or math.nan),
                "epochs_run": float(len(cb.history) - cb.resumed_at), "wall_time_s": time.perf_counter() - started}
-    return TrialResult(state, reason, metrics, cb.history, **extra)
+    return TrialResult(state, reason, metrics, cb.history, model_path=model_path, traceback=traceback)
 
 
 def _batches_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResult:
+def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
+              jit_compile: bool | str | None = None) -> TrialResult:
+    """Train `task` on this process's framework; XLA as `train.jit_compile` says (nas.framework), except that a
+    model XLA fails on before its first epoch ends trains again without it, noted in the result's tags."""
+    jit = fw.jit_compile() if jit_compile is None else jit_compile
+    result, xla_error = _run_trial(task, splits, on_epoch, jit)
+    if xla_error is None:
+        return result
+    keras.backend.clear_session()
+    result, _ = _run_trial(task, splits, on_epoch, False)
+    result.tags["nas.jit_compile"] = (
+        f"off: XLA could not compile this model ({xla_error[:400]})" if result.state != TrialState.FAILED
+        else f"off: it failed with XLA ({xla_error[:400]}) and without it")
+    return result
+
+
+def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
+               jit: bool | str) -> tuple[TrialResult, str | None]:
+    """(result, None), or (a placeholder, the error) when training with XLA failed before any epoch ended."""
     started = time.perf_counter()
     arch, cfg = task.candidate.arch, task.candidate.train
     try:
         plan(arch)
     except InvalidArchitecture as exc:
-        return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0})
+        return TrialResult(TrialState.PRUNED, reason=exc.reason, metrics={"epochs_run": 0.0}), None
     try:
         resume = checkpoint.load(task.resume_from) if task.resume_from else None
     except (OSError, ValueError, KeyError) as exc:
-        return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}")
+        return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}"), None
     first = resume.epoch if resume else task.initial_epoch
     keras.utils.set_random_seed(task.seed)
     model = build_model(arch)
@@ -197,13 +227,13 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         steps += (end - prev) * n
         before += max(0, min(end, first) - prev) * n
         prev = end
-    compile_for_training(trainer, cfg, steps_per_epoch=steps, epochs=1)
+    compile_for_training(trainer, cfg, steps_per_epoch=steps, epochs=1, jit_compile=jit)
     cb = _EpochCallback(on_epoch, task, cfg.early_stopping, model)
     if resume:
         try:
             checkpoint.restore(trainer, resume)
         except ValueError as exc:
-            return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}")
+            return TrialResult(TrialState.FAILED, reason=f"cannot resume from {task.resume_from}: {exc}"), None
         cb.restore(resume)
     else:
         start_at_epoch(trainer.optimizer, 1 if before else 0, before)
@@ -222,7 +252,9 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
             prev = end
     except Exception as exc:  # out of memory mid-training and the like: keep the epochs that did run
         failure, tb = describe_failure(exc)
-        return _result(TrialState.FAILED, failure, cb, started, traceback=tb)
+        if trainer.jit_compile and len(cb.history) == cb.resumed_at and not failure.startswith("out of memory"):
+            return _result(TrialState.FAILED, failure, cb, started), failure  # XLA's, most likely: again without
+        return _result(TrialState.FAILED, failure, cb, started, traceback=tb), None
     state, reason = cb.stopped or (TrialState.FINISHED, None)
     if task.checkpoint_to and (cb.paused or (state == TrialState.FINISHED and not cb.out_of_budget)):
         checkpoint.save(task.checkpoint_to, trainer, epoch=len(cb.history), best_weights=cb.best_weights,
@@ -236,10 +268,10 @@ def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook) -> TrialResu
         path = Path(task.save_model_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.keras")  # write then rename: a kill never leaves half a model
-        model.save(tmp)
+        float32_copy(model, arch).save(tmp)
         tmp.replace(path)
         model_path = str(path)
-    return _result(state, reason, cb, started, model_path=model_path)
+    return _result(state, reason, cb, started, model_path=model_path), None
 
 
 def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("val", "test")) -> dict[str, float]:
@@ -267,7 +299,7 @@ def probe(candidate: Candidate, splits: Splits, steps: int = 4) -> float:
     keras.utils.set_random_seed(0)
     model = build_model(arch)
     trainer = for_training(model, Augmentation(**cfg.augment), pixel_max=arch.pixel_max, seed=0)
-    compile_for_training(trainer, cfg, steps_per_epoch=steps + 1, epochs=1)
+    compile_for_training(trainer, cfg, steps_per_epoch=steps + 1, epochs=1, jit_compile=fw.jit_compile())
     n = min(len(splits.train.y), cfg.batch_size * (steps + 1))
     batches = iter(train_batches(Split(splits.train.x[:n], splits.train.y[:n]), num_classes=arch.num_classes,
                                  batch_size=cfg.batch_size, seed=0).dataset)

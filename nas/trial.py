@@ -101,6 +101,7 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model_path: str | None = None  # the best-epoch model, saved when the trial finished and may be the new best
     traceback: str | None = None  # of an unexpected error, for --debug and the MLflow run
+    tags: dict[str, str] = field(default_factory=dict)  # notes from the worker for the MLflow run (nas.*)
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)

@@ -185,6 +185,9 @@ def check_run_dir(loaded: LoadedSpec, runs_dir: Path = Path("runs")) -> str:
 
 def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tuple[int, int, int],
            console: Console, runs_dir: Path = Path("runs"), tracking_uri: str | None = None) -> Survey:
+    from nas import framework as fw
+
+    fw.require(loaded.spec.train.backend, loaded.where("train.backend"))
     outputs = [check_store(loaded, runs_dir, tracking_uri), check_run_dir(loaded, runs_dir)]
     space = SearchSpace(loaded.spec)
     t = Table(title=f"search space of {loaded.spec.name!r} ({len(space.dims)} searched dimensions)",
@@ -214,6 +217,10 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
     if s.impossible + s.too_large == s.samples:
         console.print("[bold red]every sampled architecture is impossible[/]: lower depth or strides, or raise "
                       "max_params")
+    t_spec = loaded.spec.train
+    jit = "auto" if t_spec.jit_compile == "auto" else ("on" if t_spec.jit_compile else "off")
+    console.print(f"training: Keras on {t_spec.backend} (in a worker process), precision {t_spec.precision}, "
+                  f"XLA {jit}")
     for line in outputs:
         console.print(line, soft_wrap=True)  # paths and URIs stay whole, copyable
     return s

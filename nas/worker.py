@@ -3,7 +3,8 @@
 A child process bounds memory (TF grows ~12 MB per trial in one process even after clear_session) and
 turns a hard crash or an OOM kill into one failed trial instead of a dead search. The child only computes:
 every decision (prune or not) and every log line stays in the parent, which owns Optuna and MLflow.
-GPU placement is a seam here: `env` reaches the child before TensorFlow is imported.
+GPU placement and the Keras framework (nas.framework) are set here: `env` and KERAS_BACKEND reach the child
+before Keras is imported.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import time
 import warnings
 from typing import Any, Protocol
 
+from nas import framework as fw
 from nas.data.splits import Splits
 from nas.space import Candidate
-from nas.tf_setup import prepare_tensorflow
 from nas.trial import EpochHook, TrialResult, TrialState, TrialTask, timeout_reason
 
 #: seconds a new worker process may take to import TensorFlow and say it is ready
@@ -31,6 +32,7 @@ START_TIMEOUT_S = 180.0
 
 class Runner(Protocol):
     device: str  # where trials train: "CPU" or "GPU:0"
+    framework: str  # the Keras framework they train on: tensorflow, jax or torch
 
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult: ...
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]: ...
@@ -44,6 +46,7 @@ def _clear_session() -> None:
     import keras
 
     keras.backend.clear_session()
+    fw.release_memory()
 
 
 def _execute(task: TrialTask, splits: Splits, on_epoch: EpochHook, clear: bool = True) -> TrialResult:
@@ -66,10 +69,11 @@ def _failed(reason: str, tb: str | None = None) -> TrialResult:
 class InlineRunner:
     """Trials in this process: no isolation, but no start-up cost. For debugging and benchmarks."""
 
-    def __init__(self, splits: Splits, deterministic: bool = True, trial_timeout: float | None = None):
+    def __init__(self, splits: Splits, setup: fw.Setup = fw.DEFAULT_SETUP, trial_timeout: float | None = None):
         self.splits, self.trial_splits = splits, splits.without_test()  # a trial never sees the test split
         self.trial_timeout = trial_timeout
-        self.device = prepare_tensorflow(deterministic)
+        self.device = fw.prepare(setup)
+        self.framework = setup.framework
 
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult:
         # No process to kill here: the trial stops itself at the first batch past the limit.
@@ -104,7 +108,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | None) -> None:
+def _child_main(conn: Any, splits: Splits, setup: fw.Setup, log_path: str | None) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     if log_path:
@@ -114,7 +118,7 @@ def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | 
         os.dup2(fd, 2)
         os.close(fd)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    device = prepare_tensorflow(deterministic)
+    device = fw.prepare(setup)
     from nas.train import evaluate_model, probe
 
     # TensorFlow and Keras leave ~400,000 long-lived objects after import, and every full collection (one per
@@ -123,7 +127,9 @@ def _child_main(conn: Any, splits: Splits, deterministic: bool, log_path: str | 
     # among them would never be collected, and import-time objects live as long as the process anyway.
     gc.collect()
     gc.freeze()
-    conn.send(("ready", device))
+    import keras
+
+    conn.send(("ready", device, keras.backend.backend()))
     while True:
         msg = conn.recv()
         if msg[0] == "stop":
@@ -161,10 +167,10 @@ class _TimedOut(Exception):
 class ProcessRunner:
     """One spawned child at a time, replaced after `max_tasks` trials or when it dies."""
 
-    def __init__(self, splits: Splits, *, deterministic: bool = True, max_tasks: int = 25,
+    def __init__(self, splits: Splits, *, setup: fw.Setup = fw.DEFAULT_SETUP, max_tasks: int = 25,
                  env: dict[str, str] | None = None, log_path: str | None = None,
                  trial_timeout: float | None = None, start_timeout: float = START_TIMEOUT_S):
-        self.splits, self.deterministic, self.max_tasks = splits, deterministic, max_tasks
+        self.splits, self.setup, self.max_tasks = splits, setup, max_tasks
         self.log_path, self.trial_timeout, self.start_timeout = log_path, trial_timeout, start_timeout
         self.env = dict(env or {})
         self._ctx = mp.get_context("spawn")
@@ -172,14 +178,17 @@ class ProcessRunner:
         self._conn: Any = None
         self._tasks = 0
         self.device = "?"
+        self.framework = setup.framework  # what the worker reports running Keras on, once it started
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)  # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES)
+        saved = {k: os.environ.get(k) for k in (*self.env, "KERAS_BACKEND")}
+        # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES). Keras reads KERAS_BACKEND
+        # at its first import in the child, which is after this.
+        os.environ.update({**self.env, "KERAS_BACKEND": self.setup.framework})
         try:
             self._proc = self._ctx.Process(target=_child_main, args=(child, self.splits.without_test(),
-                                                                     self.deterministic, self.log_path),
+                                                                     self.setup, self.log_path),
                                            name="nas-trial-worker", daemon=True)
             self._proc.start()
         except Exception as exc:  # fork/spawn refused (no memory, process limit), data that cannot be pickled
@@ -194,7 +203,8 @@ class ProcessRunner:
         child.close()
         self._conn, self._tasks = parent, 0
         try:
-            self.device = str(self._recv(time.monotonic() + self.start_timeout)[1])
+            _, device, framework = self._recv(time.monotonic() + self.start_timeout)
+            self.device, self.framework = str(device), str(framework)
         except _TimedOut:
             self.close(force=True)
             where = f"; see {self.log_path}" if self.log_path else ""

@@ -59,7 +59,7 @@ def score(lr: float) -> float:
 class FakeRunner:
     """Trains nothing: val_accuracy grows with the epoch towards a peak at learning rate ~3e-3."""
 
-    device = "CPU"
+    device, framework = "CPU", "tensorflow"
 
     def __init__(self, interrupt_at: int | None = None):
         self.tasks: list[TrialTask] = []

@@ -77,7 +77,7 @@ def test_a_candidate_over_the_cap_is_rejected_before_training(tmp_path: Path) ->
     from nas.tracking import NullTracker
 
     class NeverRuns:
-        device = "CPU"
+        device, framework = "CPU", "tensorflow"
 
         def run(self, task: Any, on_epoch: Any) -> Any:
             raise AssertionError("a capped candidate must not train")

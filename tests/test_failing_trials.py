@@ -278,7 +278,7 @@ def test_an_error_of_our_own_ends_the_search_and_the_trial_run_says_why(tmp_path
             self.ended.append((state, reason, tags))
 
     class Runner:
-        device = "CPU"
+        device, framework = "CPU", "tensorflow"
 
         def __init__(self, exc: BaseException) -> None:
             self.exc = exc

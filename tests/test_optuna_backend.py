@@ -241,3 +241,20 @@ def test_a_sqlite_study_is_written_in_wal_mode_and_read_while_open(tmp_path: Pat
     ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     assert ro.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 1
     ro.close()
+
+
+def test_a_finished_search_leaves_its_study_without_wal_files(tiny_spec, tmp_path: Path) -> None:
+    """WAL while searching; the default journal again at the end, so that readers create no files in the run dir."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    spec = tiny_spec(name="wal", trials=1, epochs=1, extra="tracking: {enabled: false}\n")
+    r = subprocess.run([sys.executable, "-m", "nas", "search", str(spec), "--runs-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "runs" / "wal"
+    assert not (run / "study.db-wal").exists() and not (run / "study.db-shm").exists()
+    with sqlite3.connect(run / "study.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 1

@@ -134,13 +134,14 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     return params
 
 
-def open_study(spec: Spec, storage_url: str, study_name: str | None = None) -> optuna.Study:
+def open_study(spec: Spec, storage_url: str, study_name: str | None = None,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         study = optuna.create_study(
             study_name=study_name or spec.name,
-            storage=make_storage(storage_url),
+            storage=storage or make_storage(storage_url),
             sampler=make_sampler(spec.search),
             pruner=make_pruner(spec.search, spec.train.epochs),
             directions=[o.resolved_direction for o in spec.search.objectives],
@@ -339,6 +340,7 @@ class OptunaBackend:
         self.total, self.epochs = spec.search.trials, spec.train.epochs
         self.owner: str | None = None  # the run dir's uid, stamped on each trial
         self.local = False  # the storage is the run dir's own study.db
+        self._storage: Any = None
 
     @classmethod
     def open(cls, spec: Spec, space: SearchSpace, run: RunDir, spec_hash: str, *, storage: str | None,
@@ -352,7 +354,13 @@ class OptunaBackend:
         # One run dir, one study. A shared external storage gets a fresh study name after --new.
         study_name = meta.get("study_name") or (
             spec.name if storage_url == local_storage or not new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
-        study = open_study(spec, storage_url, study_name)
+        try:
+            storage_obj = make_storage(storage_url)
+        except NasError:
+            raise
+        except Exception:  # open_study turns the storage's own failures into a message
+            storage_obj = None
+        study = open_study(spec, storage_url, study_name, storage_obj)
         stored_hash = study.user_attrs.get("nas.spec_hash")
         if stored_hash and stored_hash != spec_hash:
             raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
@@ -360,7 +368,24 @@ class OptunaBackend:
         study.set_user_attr("nas.spec_hash", spec_hash)
         backend = cls(spec, space, study, {"storage": storage_url, "study_name": study_name})
         backend.owner, backend.local = meta.get("uid"), storage_url == local_storage
+        backend._storage = storage_obj
         return backend
+
+    def close(self) -> None:
+        """Leave the run dir's own SQLite study in SQLite's default journal mode: WAL's -wal and -shm files go,
+        and readers that come later (`nas status`, `nas report`, the dashboard) open it without writing any file
+        into the run directory. A search killed outright leaves it in WAL mode, which every reader handles."""
+        engine = getattr(self._storage, "engine", None)
+        if not self.local or engine is None:
+            return
+        engine.dispose()  # the pool's connections would keep the database in WAL mode
+        try:
+            with engine.connect() as con:
+                con.exec_driver_sql("PRAGMA journal_mode=DELETE")
+        except sqlalchemy.exc.SQLAlchemyError:
+            pass  # another reader holds it open: it stays in WAL mode, which is just as readable
+        finally:
+            engine.dispose()
 
     def describe(self) -> dict[str, Any]:
         return {"sampler": self.spec.search.sampler, "pruner": self.spec.search.pruner}

@@ -1,6 +1,6 @@
 """Datasets: load a source into numpy (`sources`), split it (`splits`), feed it to Keras (`pipeline`).
 
-`pipeline` imports TensorFlow, so it is not re-exported here: importing `nas.data` stays fast.
+`pipeline` imports Keras (and so a framework), so it is not re-exported here: importing `nas.data` stays fast.
 """
 
 from nas.data.sources import RawData, load_source

@@ -1,4 +1,8 @@
-"""tf.data pipelines for the trial worker: batches of (float32 raw pixels, one-hot float32 labels).
+"""Batches for the trial worker: (float32 raw pixels, one-hot float32 labels), on every Keras framework.
+
+TensorFlow gets tf.data pipelines (prefetched in C++ threads); JAX and PyTorch get numpy batches (an endless
+generator to train, a keras.utils.PyDataset to evaluate), so neither needs TensorFlow. Both paths gather the
+same samples in the same order.
 
 Pixels are not rescaled: the model starts with a Rescaling layer, so an exported model takes raw pixels.
 Augmentation is not here but in the training step (nas.augment), where it runs on the device on any backend.
@@ -9,10 +13,11 @@ No `cache()`: the in-memory arrays are already a cache.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from nas.data.splits import Split
 
@@ -23,13 +28,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class TrainBatches(NamedTuple):
-    dataset: tf.data.Dataset  # endless: epoch after epoch from its first; fit it with steps_per_epoch
+    dataset: Any  # endless (a tf.data.Dataset or a generator): epoch after epoch; fit it with steps_per_epoch
     steps_per_epoch: int
+
+
+def _on_tensorflow() -> bool:
+    return bool(keras.backend.backend() == "tensorflow")
 
 
 def train_batches(split: Split, *, num_classes: int, batch_size: int, seed: int, first_epoch: int = 0) -> TrainBatches:
     """Shuffled batches (every sample once per epoch, a new order each epoch), from epoch `first_epoch` on."""
     n = len(split.y)
+    if not _on_tensorflow():
+        return TrainBatches(_numpy_batches(split, num_classes, batch_size, seed, first_epoch), -(-n // batch_size))
+    import tensorflow as tf
+
     x, y = tf.constant(split.x), tf.constant(split.y)
 
     def order(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -44,8 +57,37 @@ def train_batches(split: Split, *, num_classes: int, batch_size: int, seed: int,
     return TrainBatches(ds.prefetch(tf.data.AUTOTUNE), -(-n // batch_size))
 
 
-def eval_dataset(split: Split, *, num_classes: int, batch_size: int) -> tf.data.Dataset:
-    """In order, no augmentation: batched, cast, one-hot, prefetched."""
+def _numpy_batches(split: Split, num_classes: int, batch_size: int, seed: int, first_epoch: int) -> Iterator[Any]:
+    eye = np.eye(num_classes, dtype=np.float32)
+    n, epoch = len(split.y), first_epoch
+    while True:
+        order = epoch_order(n, seed, epoch)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            yield split.x[idx].astype(np.float32), eye[split.y[idx]]
+        epoch += 1
+
+
+class _EvalBatches(keras.utils.PyDataset):
+    """In order, numpy: what JAX and PyTorch evaluate on (re-iterable, unlike a generator)."""
+
+    def __init__(self, split: Split, num_classes: int, batch_size: int):
+        super().__init__()
+        self.split, self.batch_size, self.eye = split, batch_size, np.eye(num_classes, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return -(-len(self.split.y) // self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.split.x[s].astype(np.float32), self.eye[self.split.y[s]]
+
+
+def eval_dataset(split: Split, *, num_classes: int, batch_size: int) -> Any:
+    """In order, no augmentation: batched, cast, one-hot (prefetched on TensorFlow)."""
+    if not _on_tensorflow():
+        return _EvalBatches(split, num_classes, batch_size)
+    import tensorflow as tf
 
     def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32)
