@@ -102,7 +102,8 @@ def child(variant: str, source: str, epochs: int, target: float, batch_size: int
             "params": plan(candidate.arch).params,
             "train_images": len(splits.train.y), "images_per_s": len(splits.train.y) / steady,
             "first_epoch_s": epoch_s[0], "epoch_s": epoch_s, "time_to_target_s": reached,
-            "best_val_accuracy": max(m[1] for m in marks), "fixed_cost_s": fixed[1]}
+            "best_val_accuracy": max(m[1] for m in marks), "val_curve": [m[1] for m in marks],
+            "fixed_cost_s": fixed[1]}
 
 
 def run_nas(task: Any, splits: Any, on_epoch: Any) -> Any:
