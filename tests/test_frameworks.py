@@ -34,13 +34,17 @@ train: {epochs: 3, optimizer: adamw, learning_rate: 1e-2, weight_decay: 0.01, sc
 """
 
 
-@pytest.fixture(scope="module")
-def digits():
-    spec = parse_spec(SPEC)
+def decode(spec_text: str):
+    """(the spec's default candidate, digits splits)."""
     raw = load_source("digits", Path("."))
     splits = make_splits(raw, validation_fraction=0.2, test_fraction=0.2, seed=0)
     info = DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max, raw.class_names)
-    return SearchSpace(spec).decode({}, info), splits
+    return SearchSpace(parse_spec(spec_text)).decode({}, info), splits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return decode(SPEC)
 
 
 @pytest.fixture(scope="module", params=FRAMEWORKS)
@@ -152,12 +156,8 @@ def test_a_model_xla_cannot_compile_trains_without_it_and_says_so(digits, monkey
     import nas.train
     import tensorflow as tf
 
-    _, splits = digits
     # no augmentation: TensorFlow's image-transform layers keep Keras from compiling with XLA at all
-    spec = parse_spec("name: x\ndata: {source: digits}\nspace: {depth: 1, filters: 8, head: {depth: 0}}\n")
-    raw = load_source("digits", Path("."))
-    candidate = SearchSpace(spec).decode({}, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max,
-                                                      raw.class_names))
+    candidate, splits = decode("name: x\ndata: {source: digits}\nspace: {depth: 1, filters: 8, head: {depth: 0}}\n")
 
     class HostCall(keras.layers.Layer):  # a custom layer calling back into Python: XLA cannot compile it
         def call(self, x):
