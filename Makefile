@@ -16,13 +16,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall only when the dependency list changes. The test set adds pytest, the GP sampler's PyTorch (the CPU
-# build; on this project's machines pip finds it on local disk) and JAX, so tests train on every framework.
+# build; on this project's machines pip finds it on local disk) and JAX, so tests train on every framework, and
+# PostgreSQL's driver (the tests start a real server; .ci/run installs it where it is missing).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $(STAMP)
 
 $(TESTSTAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,gp,jax,torch]'
+	$(BIN)/python -m pip install --quiet -e '.[test,gp,jax,torch,postgres]'
 	@touch $(STAMP) $(TESTSTAMP)
 
 install: $(STAMP)

@@ -109,12 +109,19 @@ def search(
     budget: Annotated[str | None, typer.Option(help="override search.budget: the whole search ends by then, e.g. "
                                                     "30m")] = None,
     inline: Annotated[bool, typer.Option("--inline", help="train in this process instead of a worker process")] = False,
+    workers: Annotated[int | None, typer.Option(help="override search.workers: trials trained at once on this "
+                                                     "machine")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs the workers train on, e.g. 0,2 (default: every visible "
+                                                  "GPU, worker i on GPU i mod count)")] = None,
 ) -> None:
     """Run (or resume) the search a spec describes; rerunning the same command resumes it."""
     from nas.search import SearchOptions, run
 
+    if workers is not None and workers < 1:
+        raise NasError(f"--workers {workers}: expected 1 or more trials at once (1 trains one trial at a time)")
     opts = SearchOptions(runs_dir=runs_dir, storage=storage, tracking_uri=tracking_uri, new=new, trials=trials,
-                         timeout=_seconds("--timeout", timeout), budget=_seconds("--budget", budget), inline=inline)
+                         timeout=_seconds("--timeout", timeout), budget=_seconds("--budget", budget), inline=inline,
+                         workers=workers, gpus=gpus)
     run(spec, opts, console)
 
 

@@ -65,12 +65,14 @@ def where() -> str:
 @dataclass(frozen=True)
 class Setup:
     """How a trial process trains, fixed per process: the spec's train.backend, deterministic, precision and
-    jit_compile."""
+    jit_compile; and `threads`, the CPU threads it may use (None: the framework's default, all cores), set when
+    several workers share the CPU (nas.parallel)."""
 
     framework: str = DEFAULT
     deterministic: bool = True
     precision: str = "auto"
     jit_compile: bool | str = "auto"
+    threads: int | None = None
 
     @classmethod
     def of(cls, train: Any) -> Setup:  # a TrainSpec
@@ -92,14 +94,17 @@ def prepare(setup: Setup) -> str:
                        f"drop --inline (trials then run in a worker process of their own), or start nas with "
                        f"KERAS_BACKEND={framework}")
     os.environ["KERAS_BACKEND"] = framework
+    if setup.threads:  # OpenMP/MKL pools (PyTorch's CPU kernels, oneDNN) read these when they start
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(setup.threads)
     if framework == "tensorflow":
         from nas.tf_setup import prepare_tensorflow
 
-        device = prepare_tensorflow(setup.deterministic)
+        device = prepare_tensorflow(setup.deterministic, setup.threads)
     elif framework == "jax":
-        device = _prepare_jax(setup.deterministic)
+        device = _prepare_jax(setup.deterministic, setup.threads)
     else:
-        device = _prepare_torch(setup.deterministic)
+        device = _prepare_torch(setup.deterministic, setup.threads)
     import keras
 
     if framework != "tensorflow":
@@ -144,23 +149,34 @@ def _gpu_has_bfloat16(framework: str) -> bool:
         return False
 
 
-def _prepare_jax(deterministic: bool) -> str:
+def _xla_flag(flag: str) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    if flag.split("=")[0] not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()
+
+
+def _prepare_jax(deterministic: bool, threads: int | None = None) -> str:
     # JAX grabs 75% of a GPU's memory at start-up by default; workers sharing a GPU (and TensorFlow's own
     # memory growth, for parity) need it allocated on demand instead.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if deterministic:  # XLA's GPU reductions are not deterministic unless asked; the CPU is
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_gpu_deterministic_ops" not in flags:
-            os.environ["XLA_FLAGS"] = (flags + " --xla_gpu_deterministic_ops=true").strip()
+        _xla_flag("--xla_gpu_deterministic_ops=true")
+    if threads:  # XLA's CPU client sizes its Eigen pool from this flag, read when JAX starts
+        _xla_flag(f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
+        _xla_flag(f"intra_op_parallelism_threads={threads}")
     import jax
 
     return "GPU:0" if any(d.platform == "gpu" for d in jax.devices()) else "CPU"
 
 
-def _prepare_torch(deterministic: bool) -> str:
+def _prepare_torch(deterministic: bool, threads: int | None = None) -> str:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic GEMMs
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)  # only before PyTorch's first parallel work: this is that
 
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

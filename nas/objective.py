@@ -8,6 +8,7 @@ metric, so single- and multi-objective searches read their values from the same 
 from __future__ import annotations
 
 import math
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -38,8 +39,15 @@ class TrialObjective:
     def __init__(self, *, space: SearchSpace, data: DataInfo, runner: Runner, tracker: Tracker,
                  reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
                  best_value: float | None = None, max_params: int | None = None, deadline: float | None = None,
-                 budget_plan: BudgetPlan | None = None, stages: Stages = ()):
+                 budget_plan: BudgetPlan | None = None, stages: Stages = (), runners: list[Runner] | None = None,
+                 trial_tags: dict[str, str] | None = None, best_lock: Any = None):
+        """`runners`: one per worker (--workers), each trial runs in the one its caller passes; `runner` is the
+        first. `trial_tags` go on every trial's MLflow run (the machine and run dir that ran it). `best_lock`: held
+        while best/ changes (nas.search settles it under the same lock)."""
         self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
+        self.runners = runners or [runner]
+        self.trial_tags = trial_tags or {}
+        self._best_lock = best_lock or threading.Lock()  # workers finish trials concurrently
         self.reporter, self.run, self.objectives, self.seed = reporter, run, objectives, seed
         self.best_value, self.max_params = best_value, max_params
         self.deadline, self.budget_plan = deadline, budget_plan  # search.budget: when every trial stops; its plan
@@ -48,17 +56,18 @@ class TrialObjective:
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
                  should_prune: PruneHook | None = None, tags: dict[str, str] | None = None,
-                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
-        """Run trial `number`. `checkpoint`: leave a checkpoint when it pauses or ends its epochs, so a later
-        trial can continue it; `resume_of`: continue trial N from N's checkpoint (its epochs are not retrained)."""
+                 checkpoint: bool = False, resume_of: int | None = None, runner: Runner | None = None) -> TrialResult:
+        """Run trial `number` (in `runner`, default the first). `checkpoint`: leave a checkpoint when it pauses or
+        ends its epochs, so a later trial can continue it; `resume_of`: continue trial N from N's checkpoint (its
+        epochs are not retrained)."""
         candidate = self.space.decode(params, self.data)
-        tags = {"nas.trial": str(number), **(tags or {})}
+        tags = {"nas.trial": str(number), **self.trial_tags, **(tags or {})}
         if resume_of is not None:
             tags["nas.resume_of"] = str(resume_of)
         run_id = self.tracker.start_trial(number, params, tags)
         try:
             result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune,
-                               checkpoint, resume_of)
+                               checkpoint, resume_of, runner or self.runner)
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
@@ -87,7 +96,7 @@ class TrialObjective:
 
     def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
              initial_epoch: int, should_prune: PruneHook | None, checkpoint: bool,
-             resume_of: int | None) -> TrialResult:
+             resume_of: int | None, runner: Runner) -> TrialResult:
         try:
             shape = plan(candidate.arch)
         except InvalidArchitecture as exc:
@@ -129,23 +138,24 @@ class TrialObjective:
                          stages=self.stages, checkpoint_to=str(self.checkpoint_path(number)) if checkpoint else None,
                          resume_from=str(resume_from) if resume_from else None,
                          stop_at=time.time() + self.deadline - time.monotonic() if self.deadline is not None else None)
-        result = self.runner.run(task, on_epoch)
+        result = runner.run(task, on_epoch)
         if resume_from is not None and result.counts:
             resume_from.unlink(missing_ok=True)  # continued for good; a pause again leaves this trial's own
         result.metrics.update(params=float(shape.params), flops=float(shape.flops))
         if result.model_path:
-            self._judge(number, params, Path(result.model_path), candidate, result, self.runner.device)
+            with self._best_lock:
+                self._judge(number, params, Path(result.model_path), candidate, result, runner)
         return result
 
     def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,
-               device: str) -> None:
+               runner: Runner) -> None:
         """Keep the model only if this trial is the new best by the primary objective."""
         value = result.metrics.get(self.primary.metric, math.nan)
         if math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
             self.best_value = value
             promote_best(self.run, model_path, candidate.arch.to_json(), {
                 "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],
-                "device": device, "framework": self.runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "device": runner.device, "framework": runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
         else:
             model_path.unlink(missing_ok=True)

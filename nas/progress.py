@@ -37,9 +37,7 @@ class _Counts:
         self.total = self.epochs = 0
         self.by_state = tally(())
         self.best: float | None = None
-        self.current: int | None = None
-        self.epoch = 0
-        self.current_val: float | None = None
+        self.running: dict[int, tuple[int, float | None]] = {}  # trial -> (epoch, val_accuracy), every worker's
 
     def start(self, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None:
         self.total, self.by_state, self.best, self.epochs = total, dict(counts), best, epochs
@@ -61,7 +59,6 @@ class _Counts:
         val = metrics.get("val_accuracy")
         if state == TrialState.FINISHED and val is not None and (self.best is None or val > self.best):
             self.best = val
-        self.current = None
 
 
 class RichReporter:
@@ -80,15 +77,18 @@ class RichReporter:
 
     def _status(self) -> Text:
         c = self.c
-        running = (f"trial {c.current} epoch {c.epoch}/{c.epochs} val_acc {_fmt(c.current_val)}"
-                   if c.current is not None else "between trials")
-        return Text.assemble(
-            (running, "cyan"), "  |  best val_acc ", (_fmt(c.best), "bold green"),
-            f"  |  {c.others()}",
-        )
+        return Text.assemble("best val_acc ", (_fmt(c.best), "bold green"), f"  |  {c.others()}")
+
+    def _running(self) -> list[Text]:
+        """One line per running trial (several with --workers), or "between trials"."""
+        c = self.c
+        if not c.running:
+            return [Text("between trials", "cyan")]
+        return [Text(f"trial {n} epoch {epoch}/{c.epochs} val_acc {_fmt(val)}", "cyan")
+                for n, (epoch, val) in sorted(c.running.items())]
 
     def _render(self) -> Group:
-        return Group(self.progress, self._status())
+        return Group(self.progress, *self._running(), self._status())
 
     def _refresh(self) -> None:
         self.progress.update(self.task, completed=self.c.done, total=self.c.total)
@@ -104,16 +104,17 @@ class RichReporter:
         self._refresh()
 
     def trial_started(self, number: int, params_count: int) -> None:
-        self.c.current, self.c.epoch, self.c.current_val = number, 0, None
+        self.c.running[number] = (0, None)
         self._refresh()
 
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
-        self.c.epoch, self.c.current_val = epoch, metrics.get("val_accuracy")
+        self.c.running[number] = (epoch, metrics.get("val_accuracy"))
         self._refresh()
 
     def trial_finished(self, number: int, state: TrialState, metrics: dict[str, float], reason: str | None,
                        continues: int | None = None) -> None:
         self.c.finish(state, metrics, continues)
+        self.c.running.pop(number, None)
         style = STYLES.get(state, "white")
         tail = f"val_acc {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else (reason or "")
         self.live.console.print(Text.assemble(f"trial {number:>3} ", (f"{state:<8}", style), " ", tail))
@@ -142,7 +143,7 @@ class PlainReporter:
         self._print(f"search: {self.c.done}/{total} trials done, best val_accuracy {_fmt(best)}")
 
     def trial_started(self, number: int, params_count: int) -> None:
-        self.c.current = number
+        pass
 
     def epoch(self, number: int, epoch: int, metrics: dict[str, float]) -> None:
         pass

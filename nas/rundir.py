@@ -275,9 +275,10 @@ def promote_best(run: RunDir, model_path: Path, arch_json: str, trial: dict[str,
     os.replace(new, run.best)
 
 
-def settle_best(run: RunDir, done: Collection[int]) -> None:
+def settle_best(run: RunDir, done: Collection[int], running: Collection[int] = ()) -> None:
     """Confirm best/ once the backend has recorded its trial as done (`done`: those trial numbers), or
-    roll it back to best.prev/ when that trial was cut off before the backend recorded it."""
+    roll it back to best.prev/ when that trial was cut off before the backend recorded it. A trial still
+    `running` (another worker's, between its promotion and the backend's record) is left to settle later."""
     prev = run.root / "best.prev"
     if not prev.exists():
         return
@@ -287,6 +288,8 @@ def settle_best(run: RunDir, done: Collection[int]) -> None:
         trial = None
     if trial is not None and trial in done:
         shutil.rmtree(prev, ignore_errors=True)
+        return
+    if trial is not None and trial in running:
         return
     shutil.rmtree(run.best, ignore_errors=True)
     if any(prev.iterdir()):

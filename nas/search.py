@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ class SearchOptions:
     timeout: float | None = None
     budget: float | None = None
     inline: bool = False
+    workers: int | None = None  # overrides search.workers
+    gpus: str | None = None  # "0,2": the GPUs workers train on (default: every visible one)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ def _with_overrides(loaded: LoadedSpec, opts: SearchOptions) -> LoadedSpec:
         updates["timeout"] = opts.timeout
     if opts.budget is not None:
         updates["budget"] = opts.budget
+    if opts.workers is not None:
+        updates["workers"] = opts.workers
     if not updates:
         return loaded
     spec = loaded.spec.model_copy(update={"search": loaded.spec.search.model_copy(update=updates)})
@@ -92,6 +98,13 @@ class Backend(Protocol):
     def rows(self) -> list[dict[str, Any]]: ...  # leaderboard rows, see nas.leaderboard.frame
     def run(self, objective: Any, on_trial_done: Callable[[], Any]) -> str: ...  # why it stopped
     def reclaim(self) -> list[int]: ...  # settle trials a dead search of this run dir left running; re-queued ones
+    # a study several machines share (Optuna on an external storage); the run dir's own otherwise
+    local: bool  # the state is this run dir's alone
+    @property
+    def study_key(self) -> str | None: ...  # names a shared study (None when local)
+    def shared_parent(self, tracking_uri: str) -> str | None: ...  # its MLflow parent run, as the study recorded it
+    def remember_parent(self, run_id: str | None, tracking_uri: str) -> None: ...
+    def others_running(self) -> bool: ...  # other machines still run trials of it
 
 
 def open_backend(loaded: LoadedSpec, space: Any, run_dir: RunDir, opts: SearchOptions, resuming: bool) -> Backend:
@@ -162,23 +175,28 @@ class _Search:
     space: Any  # nas.space.SearchSpace
     run_dir: RunDir = dataclasses.field(default=None)  # type: ignore[assignment]
     backend: Backend = dataclasses.field(default=None)  # type: ignore[assignment]
-    runner: Any = None  # nas.worker.Runner, once started
+    runner: Any = None  # nas.worker.Runner, once started: the first worker's, which also probes and measures
+    runners: list[Any] = dataclasses.field(default_factory=list)  # one per worker (--workers)
     test_fingerprint: str | None = None
+    files_lock: Any = dataclasses.field(default_factory=threading.Lock)
 
     @property
     def spec(self) -> Any:
         return self.loaded.spec
 
     def save_leaderboard(self) -> Any:
-        """After each trial (and on resume or Ctrl-C): confirm or roll back best/, write the leaderboard."""
+        """After each trial (and on resume or Ctrl-C): confirm or roll back best/, write the leaderboard. Workers
+        call it as their trials end, one at a time."""
         from nas.leaderboard import frame, write
 
-        rows = self.backend.rows()
-        settle_best(self.run_dir, {r["trial"] for r in rows if r["state"] in COUNTED})
-        df = frame(rows, self.spec.search.objectives)
-        if not df.empty:
-            write(df, self.run_dir.leaderboard)
-        return df
+        with self.files_lock:
+            rows = self.backend.rows()
+            settle_best(self.run_dir, {r["trial"] for r in rows if r["state"] in COUNTED},
+                        {r["trial"] for r in rows if r["state"] == "running"})
+            df = frame(rows, self.spec.search.objectives)
+            if not df.empty:
+                write(df, self.run_dir.leaderboard)
+            return df
 
 
 def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: contextlib.ExitStack) -> SearchSummary:
@@ -191,7 +209,8 @@ def _run(spec_path: str | Path, opts: SearchOptions, console: Console, held: con
         s.run_dir.write_meta(mlflow_parent_run_id=parent, tracking_uri=s.uri, **s.backend.meta)
         if resuming:
             _settle_previous_session(s, lock_held)
-        s.runner = _make_runner(s)
+        s.runners = _make_runners(s)
+        s.runner = s.runners[0]
         deadline, budget_plan = _plan(s, t0)
         reporter, objective = _make_objective(s, deadline, budget_plan)
         started = time.monotonic()
@@ -241,7 +260,24 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
                        f"{spec.search.backend!r}, which keeps its state in "
                        f"{opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
+    _check_workers(loaded, opts)
     return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec))
+
+
+def _check_workers(loaded: LoadedSpec, opts: SearchOptions) -> None:
+    """--workers and --gpus: refused here, before anything is written, where they cannot work."""
+    from nas.parallel import parse_gpus, visible_gpus
+
+    spec, workers = loaded.spec, loaded.spec.search.workers
+    where = "--workers" if opts.workers is not None else f"{loaded.where('search.workers')}: search.workers"
+    if workers > 1 and spec.search.backend != "optuna":
+        raise NasError(f"{where} is {workers}, but search.backend {spec.search.backend!r} runs one trial at a time; "
+                       "set `search.backend: optuna` to train several trials at once (on one machine or many)")
+    if workers > 1 and (opts.inline or not spec.search.isolate_trials):
+        what = "--inline" if opts.inline else "search.isolate_trials: false"
+        raise NasError(f"{where} is {workers}, but {what} trains in this process, one trial at a time; "
+                       f"drop {what} (each worker then trains in a process of its own) or use one worker")
+    parse_gpus(opts.gpus, visible_gpus() if opts.gpus is not None else [])
 
 
 def _claim(s: _Search, held: contextlib.ExitStack) -> tuple[bool, bool]:
@@ -257,15 +293,33 @@ def _claim(s: _Search, held: contextlib.ExitStack) -> tuple[bool, bool]:
 
 
 def _start_parent_run(s: _Search, resuming: bool) -> str | None:
+    """The search's MLflow parent run: this run dir's on a resume; in a study several machines share, the one
+    the first machine started (so every machine's trials nest under one parent)."""
     spec, meta = s.spec, s.run_dir.read_meta()
-    return s.tracker.start_search(
+    shared = s.backend.shared_parent(s.uri)
+    parent = s.tracker.start_search(
         run_name=spec.name, spec_path=s.loaded.path, spec_hash=s.loaded.hash,
-        resume_run_id=meta.get("mlflow_parent_run_id") if resuming else None, run_uid=meta.get("uid"),
+        resume_run_id=shared or (meta.get("mlflow_parent_run_id") if resuming else None), run_uid=meta.get("uid"),
         params={"backend": spec.search.backend, "framework": spec.train.backend, **s.backend.describe(),
                 "trials": s.backend.total, "epochs": s.backend.epochs, "seed": spec.search.seed,
                 "space_dims": len(s.space.dims), "data": s.description, "test_fingerprint": s.test_fingerprint},
         tags={"nas.run_dir": str(s.run_dir.root.resolve())},
     )
+    key = s.backend.study_key
+    if key and parent:  # a study several machines may share: one parent run for all of them
+        parent = s.tracker.join_shared_parent(key)
+        s.backend.remember_parent(parent, s.uri)
+    return parent
+
+
+def _end_parent_run(s: _Search, status: str) -> None:
+    """End the MLflow parent run, unless other machines still run trials of a shared study: the last one to
+    stop ends it."""
+    if s.backend.others_running():
+        s.console.print("other machines still run trials of this study: the MLflow parent run stays RUNNING "
+                        "until the last of them ends")
+        return
+    s.tracker.end_search(status)
 
 
 def _settle_previous_session(s: _Search, lock_held: bool) -> None:
@@ -273,22 +327,39 @@ def _settle_previous_session(s: _Search, lock_held: bool) -> None:
     process dead, so the trial is settled now rather than after Optuna's heartbeat grace."""
     requeued = s.backend.reclaim() if lock_held else []
     df = s.save_leaderboard()  # also rolls best/ back if it came from a trial cut off before it was recorded
-    stale = s.tracker.close_stale_trials(list(df[df["state"] == "interrupted"]["trial"]) if not df.empty else [])
+    shared = not s.backend.local  # other machines' running trials are alive: not ours to close
+    stale = s.tracker.close_stale_trials(list(df[df["state"] == "interrupted"]["trial"]) if not df.empty else [],
+                                         owner=str(s.run_dir.read_meta().get("uid")) if shared else None)
     s.console.print(f"resuming {s.run_dir.root}: {s.backend.done()} of {s.backend.total} trials already done"
                     + (f"; {stale} interrupted MLflow run(s) closed" if stale else "")
                     + (f"; re-running killed trial(s) {', '.join(map(str, requeued))} with the same params"
                        if requeued else ""))
 
 
-def _make_runner(s: _Search) -> Any:
+def _make_runners(s: _Search) -> list[Any]:
+    """One runner per worker, each placed on its GPU or its share of the CPU (nas.parallel); worker processes
+    start when their first trial (or the budget probe) needs them."""
     from nas.framework import Setup
+    from nas.parallel import parse_gpus, places, visible_gpus
     from nas.worker import InlineRunner, ProcessRunner
 
     spec, setup = s.spec, Setup.of(s.spec.train)
     if s.opts.inline or not spec.search.isolate_trials:
-        return InlineRunner(s.splits, setup, trial_timeout=spec.search.trial_timeout)
-    return ProcessRunner(s.splits, setup=setup, max_tasks=spec.search.worker_max_trials,
-                         log_path=str(s.run_dir.root / "worker.log"), trial_timeout=spec.search.trial_timeout)
+        return [InlineRunner(s.splits, setup, trial_timeout=spec.search.trial_timeout)]
+    visible = visible_gpus()
+    where = places(spec.search.workers, parse_gpus(s.opts.gpus, visible), visible)
+    if len(where) > 1:
+        s.console.print(f"workers: {len(where)} trials at once, on " + "; ".join(
+            f"worker {p.index}: {p.describe()}" for p in where))
+    logs = [s.run_dir.root / ("worker.log" if p.index == 0 else f"worker-{p.index}.log") for p in where]
+    return [ProcessRunner(s.splits, setup=dataclasses.replace(setup, threads=p.threads), env=p.env,
+                          max_tasks=spec.search.worker_max_trials, log_path=str(log),
+                          trial_timeout=spec.search.trial_timeout) for p, log in zip(where, logs, strict=True)]
+
+
+def _close_runners(s: _Search) -> None:
+    for runner in s.runners or ([s.runner] if s.runner is not None else []):
+        runner.close()
 
 
 def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
@@ -320,17 +391,24 @@ def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any 
     """The reporter (already showing progress) and the objective every backend calls once per trial."""
     from nas.budget import early_rungs
     from nas.objective import TrialObjective
+    from nas.parallel import Serialized
     from nas.progress import make_reporter
 
     spec = s.spec
     reporter = make_reporter(s.console)
     primary = spec.search.objectives[0]
     best_value = current_best_value(s.run_dir, primary.metric)
-    objective = TrialObjective(space=s.space, data=s.info, runner=s.runner, tracker=s.tracker, reporter=reporter,
+    tracker: Any = s.tracker
+    if len(s.runners) > 1:  # every worker's thread reports and logs through these: one call at a time
+        reporter, tracker = Serialized(reporter), Serialized(s.tracker)
+    objective = TrialObjective(space=s.space, data=s.info, runner=s.runner, tracker=tracker, reporter=reporter,
                                run=s.run_dir, objectives=spec.search.objectives, seed=spec.search.seed,
                                best_value=best_value, max_params=spec.space.max_params, deadline=deadline,
                                budget_plan=budget_plan,
-                               stages=early_rungs(spec, len(s.splits.train.y), s.backend.epochs))
+                               stages=early_rungs(spec, len(s.splits.train.y), s.backend.epochs),
+                               runners=s.runners or None, best_lock=s.files_lock,
+                               trial_tags={"nas.host": socket.gethostname(),
+                                           "nas.owner": str(s.run_dir.read_meta().get("uid", ""))})
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
                             best=best_value if primary.metric == "val_accuracy" else None)
     return reporter, objective
@@ -340,12 +418,11 @@ def _abandon(s: _Search, reporter: Any, status: str) -> None:
     """The search stops early (Ctrl-C, SIGTERM, an error of ours): keep what is done, end the parent run."""
     if reporter is not None:
         reporter.close()
-    if s.runner is not None:
-        s.runner.close()
+    _close_runners(s)
     if status == "KILLED":
         s.save_leaderboard()
         clear_pending(s.run_dir)
-    s.tracker.end_search(status)
+    _end_parent_run(s, status)
 
 
 def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
@@ -362,8 +439,8 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
         best_trial, best_metrics = _measure_best(run_dir, s.runner, spec, s.loaded.hash, s.description, s.tracker,
                                                  console)
     finally:
-        s.runner.close()
-        s.tracker.end_search("FINISHED" if finished and stop_reason != "failures" else "FAILED")
+        _close_runners(s)
+        _end_parent_run(s, "FINISHED" if finished and stop_reason != "failures" else "FAILED")
 
     if not df.empty:
         console.print(table(df))

@@ -30,8 +30,9 @@ def silenced_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def prepare_tensorflow(deterministic: bool) -> str:
-    """Import TF quietly, let GPUs grow memory on demand, optionally enable op determinism.
+def prepare_tensorflow(deterministic: bool, threads: int | None = None) -> str:
+    """Import TF quietly, let GPUs grow memory on demand, optionally enable op determinism; `threads` bounds
+    TensorFlow's CPU thread pools (set before its runtime starts, i.e. before the first op).
 
     Returns the device trials will run on ("GPU:0" or "CPU"). Set NAS_TF_VERBOSE=1 to see TF's own logs.
     """
@@ -41,6 +42,9 @@ def prepare_tensorflow(deterministic: bool) -> str:
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)  # leave room for other workers
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     return "GPU:0" if gpus else "CPU"

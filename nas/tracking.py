@@ -148,7 +148,8 @@ class Tracker(Protocol):
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None: ...
     def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
     def end_search(self, status: str) -> None: ...
-    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int: ...
+    def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int: ...
+    def join_shared_parent(self, study_key: str) -> str: ...  # one parent run for every machine of a study
     def run_url(self, run_id: str) -> str | None: ...
 
 
@@ -178,8 +179,11 @@ class NullTracker:
     def end_search(self, status: str) -> None:
         pass
 
-    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int:
+    def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int:
         return 0
+
+    def join_shared_parent(self, study_key: str) -> str:
+        return ""
 
     def run_url(self, run_id: str) -> str | None:
         return None
@@ -348,6 +352,23 @@ class MlflowTracker:
             self._client.log_artifact(self._parent, str(spec_path), artifact_path="spec")
             return self._parent
 
+    def join_shared_parent(self, study_key: str) -> str:
+        """Machines that start one shared search at the same moment may each create a parent run. Each parent is
+        tagged with the study; the oldest (by start time, then id) is the search's, on every machine alike: a
+        machine whose own parent is not that one deletes its own and nests its trials under the oldest."""
+        mine = self.parent_run_id
+        with self._guard("find the search's parent run"):
+            self._client.set_tag(mine, "nas.study", study_key)
+            query = f"tags.`nas.study` = '{study_key}' and tags.`nas.kind` = 'search'"
+            found = self._client.search_runs([self.experiment_id], query, max_results=100)
+            oldest = min(found, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
+            if oldest is not None and oldest.info.run_id != mine:
+                self._client.delete_run(mine)
+                self._parent = oldest.info.run_id
+                if oldest.info.status != "RUNNING":
+                    self._client.update_run(self._parent, status="RUNNING")
+        return self.parent_run_id
+
     def _parent_of(self, run_uid: str) -> str | None:
         query = f"tags.`nas.run_uid` = '{run_uid}' and tags.`nas.kind` = 'search'"
         found = self._client.search_runs([self.experiment_id], query, max_results=1,
@@ -437,15 +458,18 @@ class MlflowTracker:
         with self._guard("end the search run"):
             self._client.set_terminated(self.parent_run_id, status=status)
 
-    def close_stale_trials(self, interrupted: Collection[int] = ()) -> int:
+    def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int:
         """Trial runs a dead search left behind become KILLED with nas.state `interrupted`: those still RUNNING,
         and those of the `interrupted` trial numbers (the backend's word). A kill between a trial's MLflow end and
         the backend recording it leaves a run that says finished for a trial the backend re-runs; it must not
-        count twice."""
+        count twice. `owner` (a run dir's uid): only that run dir's runs, when machines share the parent run and
+        the others' running trials are alive."""
         parent = self.parent_run_id
         closed = 0
         with self._guard("close stale trial runs"):
             running = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"
+            if owner:
+                running += f" and tags.`nas.owner` = '{owner}'"
             while stale := self._client.search_runs([self.experiment_id], running, max_results=500):
                 for run in stale:
                     self._close_interrupted(run.info.run_id)

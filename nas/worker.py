@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from nas.trial import EpochHook, TrialResult, TrialState, TrialTask, timeout_rea
 
 #: seconds a new worker process may take to import TensorFlow and say it is ready
 START_TIMEOUT_S = 180.0
+_START_LOCK = threading.Lock()
 
 
 class Runner(Protocol):
@@ -37,6 +39,7 @@ class Runner(Protocol):
     def run(self, task: TrialTask, on_epoch: EpochHook) -> TrialResult: ...
     def evaluate(self, model_path: str, which: tuple[str, ...]) -> dict[str, float]: ...
     def probe(self, candidates: list[Candidate]) -> list[float]: ...  # seconds per training sample, each
+    def abort(self) -> None: ...  # from another thread: the running trial stops at once (KeyboardInterrupt)
     def close(self) -> None: ...
 
 
@@ -88,6 +91,9 @@ class InlineRunner:
         from nas.train import probe
 
         return [probe(c, self.trial_splits) for c in candidates]
+
+    def abort(self) -> None:
+        pass  # an inline trial is only ever run by the thread that receives Ctrl-C itself
 
     def close(self) -> None:
         pass
@@ -177,11 +183,13 @@ class ProcessRunner:
         self._proc: Any = None
         self._conn: Any = None
         self._tasks = 0
+        self._abort = threading.Event()
         self.device = "?"
         self.framework = setup.framework  # what the worker reports running Keras on, once it started
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
+        _START_LOCK.acquire()  # os.environ is the process's: one worker of several starts at a time
         saved = {k: os.environ.get(k) for k in (*self.env, "KERAS_BACKEND")}
         # spawn copies os.environ at start; "" is meaningful (CUDA_VISIBLE_DEVICES). Keras reads KERAS_BACKEND
         # at its first import in the child, which is after this.
@@ -200,6 +208,7 @@ class ProcessRunner:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+            _START_LOCK.release()
         child.close()
         self._conn, self._tasks = parent, 0
         try:
@@ -223,6 +232,8 @@ class ProcessRunner:
                 raise _TimedOut
             if self._conn.poll(0.2):
                 break
+            if self._abort.is_set():  # another worker's thread stops the search (Ctrl-C, an error)
+                raise KeyboardInterrupt
             if not self._proc.is_alive():
                 raise self._died()
         try:
@@ -288,6 +299,9 @@ class ProcessRunner:
         if msg[0] == "error":
             raise RuntimeError(msg[1])
         return msg[1]  # type: ignore[no-any-return]
+
+    def abort(self) -> None:
+        self._abort.set()
 
     def _reset(self) -> None:
         self._proc, self._conn = None, None

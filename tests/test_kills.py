@@ -31,12 +31,12 @@ DONE = ("COMPLETE", "PRUNED")
 class Search:
     """One `nas search` process; output goes to files (a pipe nobody reads could block it)."""
 
-    def __init__(self, spec: Path, runs: Path, tag: str):
+    def __init__(self, spec: Path, runs: Path, tag: str, extra: list[str] | None = None, cwd: Path | None = None):
         self.out, self.err = runs.parent / f"{tag}.out", runs.parent / f"{tag}.err"
         env = {**os.environ, "COLUMNS": "200"}
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen([*NAS, "search", str(spec), "--runs-dir", str(runs)], stdout=out,
-                                         stderr=err, env=env)
+            self.proc = subprocess.Popen([*NAS, "search", str(spec), "--runs-dir", str(runs), *(extra or [])],
+                                         stdout=out, stderr=err, env=env, cwd=cwd)
         self.descendants: list[psutil.Process] = []
 
     def remember_children(self) -> None:

@@ -289,6 +289,22 @@ class KerasTunerBackend:
 
     # -- the Backend seam ----------------------------------------------------------------------------
 
+    # KerasTuner's state lives in the run dir: never shared between machines (search.py refuses --workers > 1)
+    local = True
+
+    @property
+    def study_key(self) -> str | None:
+        return None
+
+    def shared_parent(self, tracking_uri: str) -> str | None:
+        return None
+
+    def remember_parent(self, run_id: str | None, tracking_uri: str) -> None:
+        pass
+
+    def others_running(self) -> bool:
+        return False
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"algorithm": self.algorithm}
         if self.algorithm == "hyperband":

@@ -11,7 +11,9 @@ workers on one study all stop at `search.trials`.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,12 +29,16 @@ from nas.objective import TrialObjective
 from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
+from nas.spec.loader import flat_keys
 from nas.spec.model import SearchSpec, Spec
 from nas.trial import TrialState, tally
 
 DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
 HEARTBEAT_S, GRACE_S = 5, 20
 BOOTSTRAP = 2  # under search.budget: peers a rung needs before it promotes anyone (Optuna's bootstrap_count)
+SPEC_KEYS = "nas.spec_keys"  # study attr: the spec's keys (JSON), to say what differs on a machine that joins
+PARENT_RUN, TRACKING_URI = "nas.mlflow_parent_run_id", "nas.tracking_uri"  # study attrs, shared storage only
+SURPLUS = "nas.surplus"  # user attr: dropped before training, see Surplus
 OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
 STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
 with warnings.catch_warnings():
@@ -52,13 +58,21 @@ class TrialFailed(Exception):
     """Raised from the objective so Optuna records FAIL; caught by study.optimize via `catch`."""
 
 
-def make_sampler(s: SearchSpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+class Surplus(Exception):
+    """A trial another machine made unnecessary: started in the same instant as the one that reached
+    search.trials. Recorded as FAIL with SURPLUS set, and left out of every count and row."""
+
+
+def make_sampler(s: SearchSpec, offset: int = 0, parallel: bool = False) -> optuna.samplers.BaseSampler:
     """`offset` (trials already in the study) shifts the seed on resume: a resumed search must not
-    replay the random startup draws of the first session and so repeat trials it already ran."""
+    replay the random startup draws of the first session and so repeat trials it already ran. `parallel`:
+    TPE counts running trials as bad ones (constant liar), so workers sampling at once do not all pick the
+    same promising region."""
     n0 = s.startup_trials
     s = s.model_copy(update={"seed": s.seed + offset})
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=n0)
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=n0,
+                                          constant_liar=parallel)
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.sampler == "cmaes":
@@ -99,13 +113,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _database_url(url: str) -> str:
+    """`postgresql://...` with the driver nas installs (psycopg 3; SQLAlchemy's default would be psycopg2), and a
+    clear message when no driver is there. An explicit `postgresql+driver://` is left as it is."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        raise NasError(f"--storage {_redact(url)}: PostgreSQL's driver (psycopg) is not installed; run "
+                       "`pip install 'nas[postgres]'`")
+    return "postgresql+psycopg://" + url.removeprefix("postgresql://")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
+    url = _database_url(url)
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=retry_dead_trial,
-            engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else None,
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; nas relies on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=retry_dead_trial,
+                engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else
+                # a pooled connection that a database restart cut is replaced, not handed out broken
+                {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
+            )
         if url.startswith("sqlite:"):
             # SQLite's default (a rollback journal, fsync on every commit) made Optuna's dozen commits per trial
             # cost ~290 ms on a busy disk; WAL with synchronous=NORMAL ~130 ms. A killed process loses nothing
@@ -135,7 +175,8 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 
 def open_study(spec: Spec, storage_url: str, study_name: str | None = None,
-               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+               storage: optuna.storages.BaseStorage | None = None, parallel: bool = False) -> optuna.Study:
+    """`parallel`: trials of this study may run at once (several workers or machines)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
@@ -150,11 +191,25 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None,
     except NasError:
         raise
     except Exception as exc:  # driver missing, unreachable database, directions changed under one name ...
-        raise NasError(f"Optuna storage {storage_url!r} cannot be used: {type(exc).__name__}: {exc}. Fix the "
-                       "--storage URL, or start a separate study with --new") from None
-    if study.trials:
-        study.sampler = make_sampler(spec.search, offset=len(study.trials))
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise NasError(f"Optuna storage {_redact(storage_url)!r} cannot be used: {type(exc).__name__}: {detail}. "
+                       "Fix the --storage URL (is the database server running and reachable?), or start a "
+                       "separate study with --new") from None
+    if study.trials or parallel:
+        study.sampler = make_sampler(spec.search, offset=len(study.trials), parallel=parallel)
     return study
+
+
+def _changed(stored: Any, keys: dict[str, Any]) -> str:
+    """" (changed: search.trials 20 -> 30, ...)" between the study's spec keys and this spec's."""
+    try:
+        before = json.loads(stored)
+    except (TypeError, ValueError):
+        return ""
+    now = json.loads(json.dumps(keys, sort_keys=True, default=str))
+    diffs = [f"{k} {before.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+             for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    return f" (changed: {'; '.join(diffs[:12])}{'; ...' if len(diffs) > 12 else ''})" if diffs else ""
 
 
 def count(study: optuna.Study, *states: OptunaState) -> int:
@@ -169,22 +224,45 @@ def make_asha(spec: Spec) -> ASHA | None:
 
 
 def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: TrialObjective,
-               on_trial_done: Callable[[], None], owner: str | None = None) -> str:
+               on_trial_done: Callable[[], None], owner: str | None = None, heartbeat: bool = True) -> str:
     """Run trials until the budget, the timeout or the failure limit. Returns why it stopped.
-    `owner` (the run dir's uid) is stamped on each trial, so a later resume knows which trials were its own."""
+    `owner` (the run dir's uid) is stamped on each trial, so a later resume knows which trials were its own.
+
+    One loop per worker (`objective.runners`): the first in this thread, the others in threads of their own.
+    Before each trial a worker asks `next_step` whether the study (every worker's and every machine's trials)
+    still needs one: search.trials counts finished configurations plus those running, so N workers never
+    overshoot it; a worker with nothing to start waits while trials run elsewhere, since one of them may fail
+    and need a replacement, or die with its machine (its heartbeat goes stale and it is re-queued here).
+    Without a heartbeat (a journal: storage) another process's RUNNING trial may be dead for good, so only this
+    process's own running trials count then."""
     s = spec.search
     objectives = s.objectives
     single = len(objectives) == 1
     errors = 0  # trials that failed through an error (not divergence): bounded by max_failed_trials
     stop_reason = "budget"
     asha = make_asha(spec)
+    lock = threading.Lock()  # guards errors, stop_reason, starting and the decision to start a trial
+    stop = threading.Event()
+    starting = 0  # trials this process decided to start that are not RUNNING in the storage yet
+    mine: set[int] = set()  # trials running in this process
+    local = threading.local()
+    timeout_at = time.monotonic() + s.timeout if s.timeout else None
+    runners: list[Any] = list(getattr(objective, "runners", None) or [None])  # one per worker (--workers)
 
     def fn(trial: optuna.Trial) -> Any:
-        nonlocal errors
+        nonlocal errors, starting
+        with lock:
+            starting -= 1  # it is RUNNING in the storage now, counted there
+            local.counted = True
+            mine.add(trial.number)
+            local.number = trial.number
+        resume_of = trial.user_attrs.get(RESUME_OF)
+        if resume_of is None and _surplus(study, trial.number, s.trials):
+            trial.set_user_attr(SURPLUS, True)
+            raise Surplus
         if owner:
             trial.set_user_attr(OWNER, owner)
         params = suggest(trial, space)
-        resume_of = trial.user_attrs.get(RESUME_OF)
         if resume_of is not None:  # a promoted paused trial: its curve so far is this trial's too
             parent = study.get_trials(deepcopy=False)[resume_of]
             for step, value in sorted(parent.intermediate_values.items()):
@@ -203,10 +281,11 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
                 return verdict
             return trial.should_prune()
 
-        tags = {"nas.backend": "optuna"}
+        tags = {"nas.backend": "optuna", **local.tags}
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
         result = objective(trial.number, params, epochs=spec.train.epochs,
-                           should_prune=should_prune if single else None, tags=tags, **pausing)
+                           should_prune=should_prune if single else None, tags=tags,
+                           **({"runner": local.runner} if local.runner is not None else {}), **pausing)
         if paused_at and result.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED_AT, paused_at[-1])
         for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
@@ -219,7 +298,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         # told as PRUNED: a verdict on the params, so TPE learns from it (TPE ignores FAIL) and a search where
         # every trial diverges ends. A failure is FAIL: a new trial replaces it, up to max_failed_trials.
         if result.state == TrialState.FAILED:
-            errors += 1
+            with lock:
+                errors += 1
             raise TrialFailed(result.reason)
         if result.state != TrialState.FINISHED:
             raise optuna.TrialPruned(result.reason)
@@ -229,35 +309,133 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     def after_trial(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
         nonlocal stop_reason
         on_trial_done()
-        if errors >= s.max_failed_trials:
-            stop_reason = "failures"
-            study.stop()
-        elif objective.out_of_time():
+        with lock:
+            if errors >= s.max_failed_trials and not stop.is_set():
+                stop_reason = "failures"
+                stop.set()
+            elif objective.out_of_time() and not stop.is_set():
+                stop_reason = "time"
+                stop.set()
+
+    def next_step() -> str:
+        """Under the lock: "run" a trial, "wait" (trials run elsewhere that may need a replacement) or "stop"."""
+        nonlocal stop_reason
+        if stop.is_set():
+            return "stop"
+        if objective.out_of_time():
             stop_reason = "time"
-            study.stop()
-        elif asha is not None and promote(study):
-            pass  # a paused trial its rung now promotes goes on before any new one, past search.trials too
-        elif count(study, *DONE_STATES) >= s.trials:
-            study.stop()
+            return "stop"
+        if timeout_at is not None and time.monotonic() >= timeout_at:
+            return "stop"
+        trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, OptunaState.RUNNING, OptunaState.WAITING))
+        if any(t.state == OptunaState.WAITING for t in trials):
+            return "run"  # a dead trial's retry or a promotion: it goes before any new configuration
+        if asha is not None and promote(study):
+            return "run"  # a paused trial its rung now promotes goes on before any new one, past search.trials too
+        new = [t for t in trials if RESUME_OF not in t.user_attrs]
+        done = sum(1 for t in new if t.state in DONE_STATES)
+        if done >= s.trials:
+            return "stop"
+        running = sum(1 for t in new if t.state == OptunaState.RUNNING and (heartbeat or t.number in mine))
+        return "run" if done + running + starting < s.trials else "wait"
 
     def promote(study: optuna.Study) -> bool:
         assert asha is not None
-        if study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
-            return True  # one already queued (by us or a retry): it runs next
         promoted = asha.next_promotion(study)
         if promoted is not None:
             ASHA.queue(study, promoted)
         return promoted is not None
 
+    def work(index: int, runner: Any) -> None:
+        nonlocal starting
+        local.runner = runner
+        local.tags = {"nas.worker": str(index)} if len(runners) > 1 else {}
+        while True:
+            with lock:
+                step = next_step()
+                if step == "run":
+                    starting += 1
+                    local.counted = False
+            if step == "stop":
+                return
+            if step == "wait":
+                _fail_stale(study)  # a dead machine's trial: failed here and re-queued, so someone runs it again
+                stop.wait(2.0)
+                continue
+            try:
+                study.optimize(fn, n_trials=1, callbacks=[after_trial], catch=(TrialFailed, Surplus))
+            finally:
+                with lock:
+                    if not local.counted:  # the trial never started (the storage failed before it)
+                        starting -= 1
+                    else:
+                        mine.discard(local.number)
+
     if count(study, *DONE_STATES) < s.trials:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna logs each caught failure; we report it ourselves
         try:
-            study.optimize(fn, timeout=s.timeout, callbacks=[after_trial], catch=(TrialFailed,))
+            _run_workers(work, runners, stop)
         finally:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
     if stop_reason == "budget" and count(study, *DONE_STATES) < s.trials:
         stop_reason = "timeout"
     return stop_reason
+
+
+def _surplus(study: optuna.Study, number: int, trials: int) -> bool:
+    """Whether new trial `number` is one too many: the trials numbered before it (finished, or running and not
+    failed) already make search.trials. Trial numbers are handed out by the storage, one at a time, so of two
+    machines that both decided to start the last trial, exactly the later one stands down."""
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(*DONE_STATES, OptunaState.RUNNING))
+               if t.number < number and RESUME_OF not in t.user_attrs and not t.user_attrs.get(SURPLUS)]
+    return len(earlier) >= trials
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _run_workers(work: Callable[[int, Any], None], runners: list[Any], stop: threading.Event) -> None:
+    """Worker 0 in this thread; the others in threads of their own. Ctrl-C (which only this thread receives)
+    or an error in any worker stops them all: each running trial is cut off at once and recorded as
+    interrupted, then the first error (or the KeyboardInterrupt) is raised here."""
+    if len(runners) == 1:
+        work(0, runners[0])
+        return
+    errors: list[BaseException] = []
+
+    def guarded(index: int, runner: Any) -> None:
+        try:
+            work(index, runner)
+        except BaseException as exc:  # KeyboardInterrupt raised by an aborted runner included
+            errors.append(exc)
+            stop.set()
+            for other in runners:
+                other.abort()
+
+    threads = [threading.Thread(target=guarded, args=(i, r), name=f"nas-worker-{i}", daemon=True)
+               for i, r in enumerate(runners) if i > 0]
+    for t in threads:
+        t.start()
+    try:
+        guarded(0, runners[0])
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for runner in runners:
+            runner.abort()
+        for t in threads:
+            t.join()
+        raise
+    real = [e for e in errors if not isinstance(e, KeyboardInterrupt)]
+    if real:
+        raise real[0]
+    if errors:
+        raise errors[0]
 
 
 def continued(study: optuna.Study) -> dict[int, int]:
@@ -288,6 +466,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     by = continued(study)
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(SURPLUS):
+            continue
         reason = t.user_attrs.get("reason", "")
         if t.number in by:
             reason = f"{reason.split(';')[0]}; continued by trial {by[t.number]}"
@@ -349,8 +529,8 @@ class OptunaBackend:
         local_storage = f"sqlite:///{run.study_db.resolve().as_posix()}"
         storage_url = storage or meta.get("storage") or local_storage
         if resuming and storage and meta.get("storage") and storage != meta["storage"]:
-            raise NasError(f"{run.root}: this search is stored in {meta['storage']!r}, not {storage!r}; "
-                           "rerun with the same --storage, or start over with --new")
+            raise NasError(f"{run.root}: this search is stored in {_redact(meta['storage'])!r}, not "
+                           f"{_redact(storage)!r}; rerun with the same --storage, or start over with --new")
         # One run dir, one study. A shared external storage gets a fresh study name after --new.
         study_name = meta.get("study_name") or (
             spec.name if storage_url == local_storage or not new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
@@ -360,12 +540,18 @@ class OptunaBackend:
             raise
         except Exception:  # open_study turns the storage's own failures into a message
             storage_obj = None
-        study = open_study(spec, storage_url, study_name, storage_obj)
+        study = open_study(spec, storage_url, study_name, storage_obj,
+                           parallel=spec.search.workers > 1 or storage_url != local_storage)
         stored_hash = study.user_attrs.get("nas.spec_hash")
+        keys = flat_keys(spec)
         if stored_hash and stored_hash != spec_hash:
-            raise NasError(f"study {study_name!r} in {storage_url} was created by a different spec; rerun with "
-                           "--new (a separate study) or give the spec another `name:`")
-        study.set_user_attr("nas.spec_hash", spec_hash)
+            raise NasError(f"study {study_name!r} in {_redact(storage_url)} was created by a different spec"
+                           f"{_changed(study.user_attrs.get(SPEC_KEYS), keys)}; use the same spec on every machine "
+                           "that joins this search, or rerun with --new (a separate study) or give the spec another "
+                           "`name:`")
+        if not stored_hash:
+            study.set_user_attr("nas.spec_hash", spec_hash)
+            study.set_user_attr(SPEC_KEYS, json.dumps(keys, sort_keys=True, default=str))
         backend = cls(spec, space, study, {"storage": storage_url, "study_name": study_name})
         backend.owner, backend.local = meta.get("uid"), storage_url == local_storage
         backend._storage = storage_obj
@@ -390,12 +576,45 @@ class OptunaBackend:
     def describe(self) -> dict[str, Any]:
         return {"sampler": self.spec.search.sampler, "pruner": self.spec.search.pruner}
 
+    @property
+    def study_key(self) -> str | None:
+        """Names a study that several machines may share (None for the run dir's own): a hash of the storage URL
+        without its password, and the study's name."""
+        if self.local:
+            return None
+        import hashlib
+
+        url = _redact(self.meta["storage"])
+        return hashlib.sha256(f"{url}#{self.meta['study_name']}".encode()).hexdigest()[:16]
+
+    def shared_parent(self, tracking_uri: str) -> str | None:
+        """The MLflow parent run of a study that several machines share (None for the run dir's own study): a
+        machine that joins nests its trials under it, found through the study, not through a run directory."""
+        attrs = self.study.user_attrs
+        if self.local or attrs.get(TRACKING_URI) != tracking_uri:
+            return None
+        return attrs.get(PARENT_RUN)
+
+    def remember_parent(self, run_id: str | None, tracking_uri: str) -> None:
+        if self.local or not run_id or self.shared_parent(tracking_uri) == run_id:
+            return
+        self.study.set_user_attr(PARENT_RUN, run_id)
+        self.study.set_user_attr(TRACKING_URI, tracking_uri)
+
+    def others_running(self) -> bool:
+        """Trials of other machines (other run dirs) still running in a shared study."""
+        if self.local:
+            return False
+        return any(t.user_attrs.get(OWNER) not in (None, self.owner)
+                   for t in self.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)))
+
     def done(self) -> int:
         return count(self.study, *DONE_STATES)
 
     def counts(self) -> dict[TrialState, int]:
         by = continued(self.study)
-        return tally(trial_state(t, by) for t in self.study.get_trials(deepcopy=False))
+        return tally(trial_state(t, by) for t in self.study.get_trials(deepcopy=False)
+                     if not t.user_attrs.get(SURPLUS))
 
     def rows(self) -> list[dict[str, Any]]:
         return trial_rows(self.study)
@@ -408,4 +627,5 @@ class OptunaBackend:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def run(self, objective: TrialObjective, on_trial_done: Callable[[], None]) -> str:
-        return run_search(self.study, self.spec, self.space, objective, on_trial_done, owner=self.owner)
+        return run_search(self.study, self.spec, self.space, objective, on_trial_done, owner=self.owner,
+                          heartbeat=isinstance(self._storage, optuna.storages.RDBStorage))

@@ -216,6 +216,8 @@ class SearchSpec(Section):
     max_failed_trials: int = Field(10, ge=1, description="stop the search after this many trials failed with an error")
     isolate_trials: bool = Field(True, description="train in a recycled worker process (bounded memory, crash-safe)")
     worker_max_trials: int = Field(25, ge=1, description="trials a worker process runs before it is replaced")
+    workers: int = Field(1, ge=1, description="trials trained at once on this machine, each in a worker process of its "
+                         "own (one per GPU when there are GPUs, else the CPU cores divided); optuna backend")
 
     @model_validator(mode="before")
     @classmethod

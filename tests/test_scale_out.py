@@ -1,0 +1,173 @@
+"""Several machines on one search: `nas search --storage postgresql://... --tracking-uri http://...` from two
+working directories (two "machines") against a real PostgreSQL server and a real MLflow tracking server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from nas.backends.optuna_backend import OptunaBackend
+from nas.rundir import RunDir
+from nas.space import SearchSpace
+from nas.spec.loader import load_spec
+from tests.servers import MlflowServer, Postgres
+from tests.test_kills import Search, wait_for
+
+NAS = [sys.executable, "-m", "nas"]
+DONE = ("COMPLETE", "PRUNED")
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    server = Postgres()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def tracking() -> Iterator[MlflowServer]:
+    server = MlflowServer()
+    yield server
+    server.close()
+
+
+def _machine(root: Path, name: str) -> Path:
+    """A machine's working directory: its own runs/ beside it."""
+    home = root / name
+    home.mkdir(parents=True)
+    return home
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    from nas.backends.optuna_backend import make_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=name, storage=make_storage(url))
+
+
+def _counted(study: optuna.Study) -> list[Any]:
+    return [t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState[s] for s in DONE])
+            if not t.user_attrs.get("nas.surplus")]
+
+
+def _mlflow(uri: str, experiment: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _spec(root: Path, tiny_spec: Any, name: str, trials: int, epochs: int) -> Path:
+    spec = tiny_spec(name=name, trials=trials, epochs=epochs)
+    shared = root / f"{name}.yaml"  # every machine runs the same file (as from a shared checkout)
+    shared.write_text(spec.read_text())
+    return shared
+
+
+def _args(pg: Postgres, tracking: MlflowServer) -> list[str]:
+    return ["--storage", pg.url, "--tracking-uri", tracking.url]
+
+
+@pytest.mark.slow
+def test_two_machines_share_one_search_one_parent_run_and_exact_trials(pg, tracking, tiny_spec, tmp_path) -> None:
+    spec = _spec(tmp_path, tiny_spec, "twomachines", trials=6, epochs=3)
+    a_home, b_home = _machine(tmp_path, "a"), _machine(tmp_path, "b")
+    a = Search(spec, a_home / "runs", "a", extra=_args(pg, tracking), cwd=a_home)
+    b = Search(spec, b_home / "runs", "b", extra=_args(pg, tracking), cwd=b_home)
+    assert a.wait(600) == 0, a.stdout() + a.stderr()
+    assert b.wait(600) == 0, b.stdout() + b.stderr()
+
+    study = _study(pg.url, "twomachines")
+    counted = _counted(study)
+    assert len(counted) == 6, [(t.number, t.state) for t in study.trials]
+    owners = {t.user_attrs["nas.owner"] for t in counted}
+    assert len(owners) == 2, "both machines trained trials"
+
+    runs = _mlflow(tracking.url, "twomachines")
+    parents = [r for r in runs if r.data.tags.get("nas.kind") == "search"]
+    trials = [r for r in runs if r.data.tags.get("nas.kind") == "trial"]
+    assert len(parents) == 1, [p.data.tags.get("nas.run_dir") for p in parents]
+    assert parents[0].info.status == "FINISHED"
+    assert study.user_attrs["nas.mlflow_parent_run_id"] == parents[0].info.run_id
+    assert len(trials) == 6 and all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
+    assert {t.data.tags["nas.owner"] for t in trials} == owners
+    assert all(t.data.tags.get("nas.host") for t in trials)
+    # each machine keeps its own run dir, with the best of its own trials
+    for home in (a_home, b_home):
+        assert (home / "runs" / "twomachines" / "best" / "model.keras").exists()
+
+
+def test_a_machine_with_a_different_spec_is_refused_with_the_changed_keys(pg, tiny_spec, tmp_path) -> None:
+    spec = _spec(tmp_path, tiny_spec, "mismatch", trials=2, epochs=1)
+    home = _machine(tmp_path, "a")
+    # the first machine's study, as its `nas search` opens it (no training needed to test the refusal)
+    first = load_spec(spec)
+    OptunaBackend.open(first.spec, SearchSpace(first.spec), RunDir(tmp_path / "first"), first.hash, storage=pg.url,
+                       new=False, resuming=False)
+
+    other = tmp_path / "other" / "mismatch.yaml"
+    other.parent.mkdir()
+    other.write_text(spec.read_text().replace("filters: [8, 16]", "filters: [8, 32]").replace(
+        "seed: 0", "seed: 5"))
+    r = subprocess.run([*NAS, "search", str(other), "--runs-dir", str(home / "runs"), "--storage", pg.url],
+                       capture_output=True, text=True, timeout=300, cwd=home, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "was created by a different spec" in r.stderr
+    assert "space.filters" in r.stderr and "search.seed" in r.stderr and "[8, 32]" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "postgres@" in r.stderr  # the URL, without a password (there is none here to hide)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_machine_mid_trial_the_other_reruns_its_trial(pg, tracking, tiny_spec, tmp_path) -> None:
+    spec = _spec(tmp_path, tiny_spec, "killone", trials=6, epochs=8)
+    a_home, b_home = _machine(tmp_path, "a"), _machine(tmp_path, "b")
+    a = Search(spec, a_home / "runs", "a", extra=_args(pg, tracking), cwd=a_home)
+    b = Search(spec, b_home / "runs", "b", extra=_args(pg, tracking), cwd=b_home)
+
+    def b_training() -> Any:
+        try:
+            study = _study(pg.url, "killone")
+        except KeyError:
+            return None
+        b_uid = (b_home / "runs" / "killone" / "run.json")
+        if not b_uid.exists():
+            return None
+        uid = json.loads(b_uid.read_text())["uid"]
+        return next((t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+                     if t.user_attrs.get("nas.owner") == uid and len(t.intermediate_values) >= 1), None)
+
+    killed = wait_for(b, "machine b training a trial", b_training, timeout=400)
+    b.signal(signal.SIGKILL)
+    b.wait(30)
+    assert b.orphans(10) == [], "b's worker died with it"
+    assert a.wait(900) == 0, a.stdout() + a.stderr()
+
+    study = _study(pg.url, "killone")
+    assert len(_counted(study)) == 6
+    dead = study.trials[killed.number]
+    assert dead.state.name == "FAIL"
+    reruns = [t for t in study.trials if t.number > killed.number and t.params == killed.params
+              and t.state.name in DONE]
+    assert reruns, "the killed trial was re-run with the same params by the surviving machine"
+
+    # the killed machine, restarted, resumes: nothing left to train, its MLflow runs are closed
+    again = subprocess.run([*NAS, "search", str(spec), "--runs-dir", str(b_home / "runs"), *_args(pg, tracking)],
+                           capture_output=True, text=True, timeout=600, cwd=b_home,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(_counted(_study(pg.url, "killone"))) == 6
+    runs = _mlflow(tracking.url, "killone")
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    assert len([r for r in runs if r.data.tags.get("nas.kind") == "search"]) == 1
