@@ -419,10 +419,13 @@ def _abandon(s: _Search, reporter: Any, status: str) -> None:
     if reporter is not None:
         reporter.close()
     _close_runners(s)
-    if status == "KILLED":
-        s.save_leaderboard()
-        clear_pending(s.run_dir)
-    _end_parent_run(s, status)
+    try:
+        if status == "KILLED":
+            s.save_leaderboard()
+            clear_pending(s.run_dir)
+        _end_parent_run(s, status)
+    except NasError:  # the study's database is away (that may be why we stop): MLflow still hears how it ended
+        s.tracker.end_search(status)
 
 
 def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:

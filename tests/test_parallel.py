@@ -144,3 +144,32 @@ def test_four_workers_share_the_default_sqlite_study_without_locking_errors(tiny
     log = "".join(p.read_text() for p in (runs / "tiny").glob("worker*.log"))
     assert "locked" not in log
     assert len(mlflow_runs(runs)) == 41, f"{time.monotonic() - t0:.0f}s"
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_two_workers_stops_both_trials_cleanly_and_a_rerun_resumes(tiny_spec, tmp_path: Path) -> None:
+    spec, runs = tiny_spec(trials=4, epochs=100), tmp_path / "runs"
+    db = runs / "tiny" / "study.db"
+    search = Search(spec, runs, "w2", extra=["--workers", "2"])
+
+    def two_training() -> bool:
+        return sum(1 for _, state, _, epochs in poll_trials(db) if state == "RUNNING" and epochs >= 1) >= 2
+
+    wait_for(search, "two trials training at once", two_training, timeout=400)
+    search.signal(signal.SIGINT)
+    assert search.wait(120) == 130, search.stdout() + search.stderr()
+    assert "interrupted" in search.stderr() and "Traceback" not in search.stderr()
+    assert search.orphans(15) == [], "both worker processes stopped"
+
+    trials = study_trials(db)
+    cut_off = [t for t in trials.values() if t.state.name == "FAIL"]
+    assert 1 <= len(cut_off) <= 2  # the running trials (one may have just ended on its own)
+    assert all(t.state.name != "RUNNING" for t in trials.values())
+    found = mlflow_runs(runs)
+    assert all(r.info.status != "RUNNING" for r in found)
+    assert {int(r.data.tags["nas.trial"]) for r in found if r.data.tags.get("nas.state") == "interrupted"} == \
+        {t.number for t in cut_off}
+
+    r = _nas("search", str(spec), "--runs-dir", str(runs), "--workers", "2", "--trials", "2", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in r.stdout

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import optuna
 import pytest
 
 from nas.backends.optuna_backend import OptunaBackend
+from nas.errors import NasError
 from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec.loader import load_spec
@@ -171,3 +173,84 @@ def test_kill_9_of_one_machine_mid_trial_the_other_reruns_its_trial(pg, tracking
     runs = _mlflow(tracking.url, "killone")
     assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
     assert len([r for r in runs if r.data.tags.get("nas.kind") == "search"]) == 1
+
+
+def _running_trial(url: str, name: str, epochs: int = 1) -> Any:
+    try:
+        study = _study(url, name)
+    except KeyError:
+        return None
+    return next((t for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING])
+                 if len(t.intermediate_values) >= epochs), None)
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_search_loses_nothing_and_the_search_goes_on(pg, tiny_spec, tmp_path) -> None:
+    spec = _spec(tmp_path, tiny_spec, "pgrestart", trials=4, epochs=12)
+    home = _machine(tmp_path, "a")
+    search = Search(spec, home / "runs", "a", extra=["--storage", pg.url, "--workers", "2"], cwd=home)
+    wait_for(search, "a trial training", lambda: _running_trial(pg.url, "pgrestart"), timeout=400)
+    pg.stop()
+    time.sleep(25)  # longer than a heartbeat's grace: no trial may be judged dead for it
+    pg.start()
+    assert search.wait(600) == 0, search.stdout() + search.stderr()
+    assert "unreachable; waiting" in search.stderr()
+    study = _study(pg.url, "pgrestart")
+    assert len(_counted(study)) == 4
+    assert [t.number for t in study.trials if t.state.name == "FAIL"] == []
+
+
+@pytest.mark.slow
+def test_postgres_that_stays_away_ends_the_search_with_a_clear_message_and_a_rerun_resumes(pg, tiny_spec,
+                                                                                          tmp_path) -> None:
+    spec = _spec(tmp_path, tiny_spec, "pgaway", trials=3, epochs=12)
+    home = _machine(tmp_path, "a")
+    args = [*NAS, "search", str(spec), "--runs-dir", str(home / "runs"), "--storage", pg.url]
+    env = {**os.environ, "COLUMNS": "200", "NAS_DATABASE_WAIT_S": "6"}
+    with (tmp_path / "away.out").open("w") as out, (tmp_path / "away.err").open("w") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=home)
+    try:
+        deadline = time.monotonic() + 400
+        while _running_trial(pg.url, "pgaway") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "away.err").read_text()
+            time.sleep(0.2)
+        pg.stop()
+        code = proc.wait(300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pg.start()
+    stderr = (tmp_path / "away.err").read_text()
+    assert code == 2, stderr
+    assert "has been unreachable for 6 s" in stderr and "rerun the same command to resume" in stderr
+    assert "Traceback" not in stderr
+
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=home, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resuming" in r.stdout
+    assert len(_counted(_study(pg.url, "pgaway"))) == 3
+
+
+def test_an_unreachable_or_driverless_postgres_url_is_refused_before_any_training(tiny_spec, tmp_path,
+                                                                                    monkeypatch) -> None:
+    from tests.servers import free_port
+
+    spec = tiny_spec(name="nopg")
+    url = f"postgresql://nas:secret@127.0.0.1:{free_port()}/nas"
+    began = time.monotonic()
+    r = subprocess.run([*NAS, "search", str(spec), "--runs-dir", str(tmp_path / "runs"), "--storage", url],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot be used" in r.stderr and "is the database server running" in r.stderr
+    assert "secret" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - began < 120
+    assert not list((tmp_path / "runs").glob("*/best"))
+
+    import importlib.util
+
+    from nas.backends import storage
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(NasError, match=r"psycopg\) is not installed; run `pip install 'nas\[postgres\]'`"):
+        storage.make_storage(url)

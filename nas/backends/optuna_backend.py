@@ -10,7 +10,6 @@ workers on one study all stop at `search.trials`.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import threading
@@ -23,7 +22,8 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
-from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF, ROOT
+from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF
+from nas.backends.storage import DatabaseAway, make_storage, redact, retry_dead_trial
 from nas.errors import NasError
 from nas.objective import TrialObjective
 from nas.rundir import RunDir
@@ -34,26 +34,12 @@ from nas.spec.model import SearchSpec, Spec
 from nas.trial import TrialState, tally
 
 DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
-HEARTBEAT_S, GRACE_S = 5, 20
 BOOTSTRAP = 2  # under search.budget: peers a rung needs before it promotes anyone (Optuna's bootstrap_count)
 SPEC_KEYS = "nas.spec_keys"  # study attr: the spec's keys (JSON), to say what differs on a machine that joins
 PARENT_RUN, TRACKING_URI = "nas.mlflow_parent_run_id", "nas.tracking_uri"  # study attrs, shared storage only
 SURPLUS = "nas.surplus"  # user attr: dropped before training, see Surplus
 OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
 STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    _RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-
-
-def retry_dead_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue a trial whose process died again, with the same params (at most 3 times). Its user attrs stay
-    behind: the retry must not inherit an outcome it has not earned, nor a dead owner."""
-    again = copy.deepcopy(trial)
-    again.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in (RESUME_OF, ROOT)}  # still a continuation
-    _RETRY(study, again)
-
-
 class TrialFailed(Exception):
     """Raised from the objective so Optuna records FAIL; caught by study.optimize via `catch`."""
 
@@ -106,62 +92,6 @@ def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _database_url(url: str) -> str:
-    """`postgresql://...` with the driver nas installs (psycopg 3; SQLAlchemy's default would be psycopg2), and a
-    clear message when no driver is there. An explicit `postgresql+driver://` is left as it is."""
-    if not url.startswith("postgresql://"):
-        return url
-    import importlib.util
-
-    if importlib.util.find_spec("psycopg") is None:
-        raise NasError(f"--storage {_redact(url)}: PostgreSQL's driver (psycopg) is not installed; run "
-                       "`pip install 'nas[postgres]'`")
-    return "postgresql+psycopg://" + url.removeprefix("postgresql://")
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
-
-
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    url = _database_url(url)
-    if url.startswith(("sqlite:", "postgresql", "mysql")):
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; nas relies on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=retry_dead_trial,
-                engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else
-                # a pooled connection that a database restart cut is replaced, not handed out broken
-                {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-            )
-        if url.startswith("sqlite:"):
-            # SQLite's default (a rollback journal, fsync on every commit) made Optuna's dozen commits per trial
-            # cost ~290 ms on a busy disk; WAL with synchronous=NORMAL ~130 ms. A killed process loses nothing
-            # committed (only a power cut can lose the last commits), and readers (`nas status`, the dashboard)
-            # no longer block the search's writes.
-            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-            storage.engine.dispose()  # connections opened before the listener are reopened with it
-        return storage
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    raise NasError(f"--storage {url!r}: expected an Optuna storage URL (sqlite:///path.db, postgresql://..., "
-                   "mysql://...) or journal:<file>; fix the URL")
-
-
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, d in space.dims.items():
@@ -192,7 +122,7 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None,
         raise
     except Exception as exc:  # driver missing, unreachable database, directions changed under one name ...
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise NasError(f"Optuna storage {_redact(storage_url)!r} cannot be used: {type(exc).__name__}: {detail}. "
+        raise NasError(f"Optuna storage {redact(storage_url)!r} cannot be used: {type(exc).__name__}: {detail}. "
                        "Fix the --storage URL (is the database server running and reachable?), or start a "
                        "separate study with --new") from None
     if study.trials or parallel:
@@ -529,8 +459,8 @@ class OptunaBackend:
         local_storage = f"sqlite:///{run.study_db.resolve().as_posix()}"
         storage_url = storage or meta.get("storage") or local_storage
         if resuming and storage and meta.get("storage") and storage != meta["storage"]:
-            raise NasError(f"{run.root}: this search is stored in {_redact(meta['storage'])!r}, not "
-                           f"{_redact(storage)!r}; rerun with the same --storage, or start over with --new")
+            raise NasError(f"{run.root}: this search is stored in {redact(meta['storage'])!r}, not "
+                           f"{redact(storage)!r}; rerun with the same --storage, or start over with --new")
         # One run dir, one study. A shared external storage gets a fresh study name after --new.
         study_name = meta.get("study_name") or (
             spec.name if storage_url == local_storage or not new else f"{spec.name}.{time.strftime('%Y%m%d-%H%M%S')}")
@@ -545,7 +475,7 @@ class OptunaBackend:
         stored_hash = study.user_attrs.get("nas.spec_hash")
         keys = flat_keys(spec)
         if stored_hash and stored_hash != spec_hash:
-            raise NasError(f"study {study_name!r} in {_redact(storage_url)} was created by a different spec"
+            raise NasError(f"study {study_name!r} in {redact(storage_url)} was created by a different spec"
                            f"{_changed(study.user_attrs.get(SPEC_KEYS), keys)}; use the same spec on every machine "
                            "that joins this search, or rerun with --new (a separate study) or give the spec another "
                            "`name:`")
@@ -584,7 +514,7 @@ class OptunaBackend:
             return None
         import hashlib
 
-        url = _redact(self.meta["storage"])
+        url = redact(self.meta["storage"])
         return hashlib.sha256(f"{url}#{self.meta['study_name']}".encode()).hexdigest()[:16]
 
     def shared_parent(self, tracking_uri: str) -> str | None:
@@ -627,5 +557,11 @@ class OptunaBackend:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def run(self, objective: TrialObjective, on_trial_done: Callable[[], None]) -> str:
-        return run_search(self.study, self.spec, self.space, objective, on_trial_done, owner=self.owner,
-                          heartbeat=isinstance(self._storage, optuna.storages.RDBStorage))
+        try:
+            return run_search(self.study, self.spec, self.space, objective, on_trial_done, owner=self.owner,
+                              heartbeat=isinstance(self._storage, optuna.storages.RDBStorage))
+        except Exception:
+            gave_up = getattr(self._storage, "gave_up", "")
+            if gave_up:  # the database went away for good; Optuna's own cleanup may have failed in odd ways on it
+                raise DatabaseAway(gave_up) from None
+            raise
