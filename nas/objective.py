@@ -40,10 +40,13 @@ class TrialObjective:
                  reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
                  best_value: float | None = None, max_params: int | None = None, deadline: float | None = None,
                  budget_plan: BudgetPlan | None = None, stages: Stages = (), runners: list[Runner] | None = None,
-                 trial_tags: dict[str, str] | None = None, best_lock: Any = None):
+                 trial_tags: dict[str, str] | None = None, best_lock: Any = None, share_best: bool = False):
         """`runners`: one per worker (--workers), each trial runs in the one its caller passes; `runner` is the
         first. `trial_tags` go on every trial's MLflow run (the machine and run dir that ran it). `best_lock`: held
-        while best/ changes (nas.search settles it under the same lock)."""
+        while best/ changes (nas.search settles it under the same lock). `share_best`: machines share the study,
+        so a trial that becomes this machine's best logs its model to its MLflow run, where every machine (and
+        `nas export` of the study's winner) can reach it."""
+        self.share_best = share_best
         self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
         self.runners = runners or [runner]
         self.trial_tags = trial_tags or {}
@@ -144,12 +147,14 @@ class TrialObjective:
         result.metrics.update(params=float(shape.params), flops=float(shape.flops))
         if result.model_path:
             with self._best_lock:
-                self._judge(number, params, Path(result.model_path), candidate, result, runner)
+                if self._judge(number, params, Path(result.model_path), candidate, result, runner) and self.share_best:
+                    self.tracker.log_artifacts([self.run.best / "model.keras", self.run.best / "arch.json",
+                                                self.run.best / "trial.json"], "model", run_id=run_id)
         return result
 
     def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,
-               runner: Runner) -> None:
-        """Keep the model only if this trial is the new best by the primary objective."""
+               runner: Runner) -> bool:
+        """Keep the model only if this trial is the new best by the primary objective (returns whether it is)."""
         value = result.metrics.get(self.primary.metric, math.nan)
         if math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
             self.best_value = value
@@ -157,5 +162,6 @@ class TrialObjective:
                 "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],
                 "device": runner.device, "framework": runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-        else:
-            model_path.unlink(missing_ok=True)
+            return True
+        model_path.unlink(missing_ok=True)
+        return False

@@ -406,7 +406,7 @@ def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any 
                                best_value=best_value, max_params=spec.space.max_params, deadline=deadline,
                                budget_plan=budget_plan,
                                stages=early_rungs(spec, len(s.splits.train.y), s.backend.epochs),
-                               runners=s.runners or None, best_lock=s.files_lock,
+                               runners=s.runners or None, best_lock=s.files_lock, share_best=not s.backend.local,
                                trial_tags={"nas.host": socket.gethostname(),
                                            "nas.owner": str(s.run_dir.read_meta().get("uid", ""))})
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,

@@ -145,7 +145,8 @@ class Tracker(Protocol):
     def log_epoch(self, run_id: str, step: int, metrics: dict[str, float]) -> None: ...
     def end_trial(self, run_id: str, *, state: str, reason: str | None, metrics: dict[str, float],
                   tags: dict[str, str]) -> None: ...
-    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None: ...
+    # on the parent run, or on the trial run `run_id`
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None, run_id: str | None = None) -> None: ...
     def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
     def end_search(self, status: str) -> None: ...
     def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int: ...
@@ -170,7 +171,7 @@ class NullTracker:
                   tags: dict[str, str]) -> None:
         pass
 
-    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None, run_id: str | None = None) -> None:
         pass
 
     def log_search_metrics(self, metrics: dict[str, float]) -> None:
@@ -441,11 +442,11 @@ class MlflowTracker:
             self._written.pop(run_id, None)
             self._client.set_terminated(run_id, status=TRIAL_STATES[state])
 
-    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
-        parent = self.parent_run_id
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None, run_id: str | None = None) -> None:
+        target = run_id or self.parent_run_id
         for path in paths:
             with self._guard(f"log the artifact {str(path)!r}"):
-                self._client.log_artifact(parent, str(path), artifact_path=artifact_path)
+                self._client.log_artifact(target, str(path), artifact_path=artifact_path)
 
     def log_search_metrics(self, metrics: dict[str, float]) -> None:
         """Search-level results (best val/test accuracy, best trial) on the parent run."""

@@ -109,6 +109,24 @@ def test_two_machines_share_one_search_one_parent_run_and_exact_trials(pg, track
     for home in (a_home, b_home):
         assert (home / "runs" / "twomachines" / "best" / "model.keras").exists()
 
+    # the study's winner is reachable from every machine: its model is on its MLflow run, and `nas export` on the
+    # machine that did not train it exports it
+    winner = max((t for t in counted if t.state.name == "COMPLETE"), key=lambda t: t.values[0])
+    run = next(r for r in trials if r.data.tags["nas.trial"] == str(winner.number))
+    from mlflow.tracking import MlflowClient
+
+    assert "model/model.keras" in {f.path for f in MlflowClient(tracking.url).list_artifacts(run.info.run_id,
+                                                                                            "model")}
+    other = next(h for h in (a_home, b_home)
+                 if json.loads((h / "runs" / "twomachines" / "run.json").read_text())["uid"]
+                 != winner.user_attrs["nas.owner"])
+    r = subprocess.run([*NAS, "export", "runs/twomachines", "--formats", "keras", "--sparsity", "0"],
+                       capture_output=True, text=True, timeout=600, cwd=other, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    manifest = json.loads((other / "runs" / "twomachines" / "export" / "manifest.json").read_text())
+    assert manifest["source"]["trial"] == winner.number
+    assert "shared study" in manifest["source"]["chosen"]
+
 
 def test_a_machine_with_a_different_spec_is_refused_with_the_changed_keys(pg, tiny_spec, tmp_path) -> None:
     spec = _spec(tmp_path, tiny_spec, "mismatch", trials=2, epochs=1)

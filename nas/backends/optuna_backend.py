@@ -368,6 +368,18 @@ def _run_workers(work: Callable[[int, Any], None], runners: list[Any], stop: thr
         raise errors[0]
 
 
+def study_winner(storage_url: str, study_name: str, spec: Spec) -> optuna.trial.FrozenTrial | None:
+    """The finished trial with the best primary objective in a (shared) study, or None."""
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
+    objective = spec.search.objectives[0]
+    done = [t for t in study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,))
+            if t.values and math.isfinite(t.values[0]) and not t.user_attrs.get(SURPLUS)]
+    if not done:
+        return None
+    pick = max if objective.resolved_direction == "maximize" else min
+    return pick(done, key=lambda t: t.values[0])
+
+
 def continued(study: optuna.Study) -> dict[int, int]:
     """Paused trial -> the trial that continues it (pruner asha)."""
     return {int(t.user_attrs[RESUME_OF]): t.number for t in study.get_trials(deepcopy=False)

@@ -88,6 +88,7 @@ def export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, An
 
 def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, Any]:
     src = choose(run_dir, opts.trial)
+    console.print(f"exporting trial {src.trial}: {src.chosen}")
     cfg = src.loaded.spec.export
     formats = tuple(opts.formats or cfg.formats)
     sparsity = cfg.sparsity if opts.sparsity is None else opts.sparsity
@@ -158,7 +159,8 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         "format": "nas.export/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "source": {
-            "run_dir": str(src.run.root.resolve()), "trial": src.trial, "spec_hash": src.loaded.hash,
+            "run_dir": str(src.run.root.resolve()), "trial": src.trial, "chosen": src.chosen,
+            "spec_hash": src.loaded.hash,
             "data": description, "test_fingerprint": test_fingerprint,
             **({"test_fingerprint_search": searched} if searched and searched != test_fingerprint else {}),
             "retrained_on": "train+val: exactly the search's training and validation splits; no test image",

@@ -21,6 +21,7 @@ class ExportSource:
     trial: int
     params: dict[str, Any]
     meta: dict[str, Any]
+    chosen: str = "this run dir's best trial (best/trial.json)"  # why this trial, for the manifest
 
 
 def open_run(run_dir: Path) -> tuple[RunDir, LoadedSpec, dict[str, Any]]:
@@ -43,10 +44,33 @@ def _clean(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _study_winner(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> ExportSource | None:
+    """In a study several machines share (--storage on a database server), the winner is the study's best trial,
+    which may have run on another machine; its params are in the study. None for a run dir's own study."""
+    storage = meta.get("storage")
+    if not storage or storage == f"sqlite:///{run.study_db.resolve().as_posix()}" \
+            or loaded.spec.search.backend != "optuna":
+        return None
+    from nas.backends.optuna_backend import study_winner
+
+    best = study_winner(storage, meta["study_name"], loaded.spec)
+    if best is None:
+        return None
+    where = f"on {best.user_attrs.get('nas.host', 'another machine')}"
+    return ExportSource(run, loaded, best.number, dict(best.params), meta,
+                        chosen=f"the best trial of the shared study {meta['study_name']!r} (trained {where}; its "
+                               "model is logged to its MLflow run, under model/)")
+
+
 def choose(run_dir: Path, trial: int | None) -> ExportSource:
-    """The best trial (best/trial.json) or trial N (its params from leaderboard.csv)."""
+    """The best trial (best/trial.json, or the shared study's best) or trial N (its params from leaderboard.csv,
+    or from a shared study)."""
     run, loaded, meta = open_run(run_dir)
+    why = f"trial {trial}, as asked (--trial)" if trial is not None else ExportSource.chosen
     if trial is None:
+        shared = _study_winner(run, loaded, meta)
+        if shared is not None:
+            return shared
         try:
             best = json.loads((run.best / "trial.json").read_text())
         except (OSError, ValueError):
@@ -70,7 +94,7 @@ def choose(run_dir: Path, trial: int | None) -> ExportSource:
     if row["state"] == "failed" or any(v is None for v in params.values()):
         raise NasError(f"--trial {trial}: that trial {row['state']} ({row.get('reason', '')}); choose a finished "
                        "or pruned trial")
-    return ExportSource(run, loaded, trial, params, meta)
+    return ExportSource(run, loaded, trial, params, meta, chosen=why)
 
 
 def candidate(src: ExportSource, info: DataInfo) -> Candidate:
