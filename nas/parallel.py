@@ -91,8 +91,9 @@ def places(workers: int, gpus: list[str] | None = None, visible: list[str] | Non
         return [Place(i, gpu=chosen[i % len(chosen)]) for i in range(workers)]
     if workers == 1:
         return [Place(0)]
-    threads = max(1, (cores or cpu_cores()) // workers)
-    return [Place(i, threads=threads) for i in range(workers)]
+    override = os.environ.get("NAS_WORKER_THREADS")  # 0: every worker uses all cores (for benchmarks)
+    threads = int(override) if override else max(1, (cores or cpu_cores()) // workers)
+    return [Place(i, threads=threads or None) for i in range(workers)]
 
 
 class Serialized:

@@ -105,6 +105,8 @@ class Backend(Protocol):
     def shared_parent(self, tracking_uri: str) -> str | None: ...  # its MLflow parent run, as the study recorded it
     def remember_parent(self, run_id: str | None, tracking_uri: str) -> None: ...
     def others_running(self) -> bool: ...  # other machines still run trials of it
+    # search.budget of a shared study: when it began (the first machine's start, as a Unix time), else None
+    def budget_began(self, now: float, seconds: float) -> float | None: ...
 
 
 def open_backend(loaded: LoadedSpec, space: Any, run_dir: RunDir, opts: SearchOptions, resuming: bool) -> Backend:
@@ -371,6 +373,9 @@ def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
         return None, None
     # trials stop a little early, so that measuring the winner and writing the report fit in the budget too
     deadline = t0 + seconds - min(FINISH_RESERVE_S, 0.05 * seconds)
+    began = s.backend.budget_began(time.time() - (time.monotonic() - t0), seconds)
+    if began is not None:  # machines sharing a study share its budget: it counts from the first one's start
+        deadline -= max(0.0, (time.time() - (time.monotonic() - t0)) - began)
     try:
         with s.console.status("planning the budget: probing the cheapest and the dearest candidates"):
             budget_plan = plan_budget(s.spec, s.info, s.splits, s.runner, seconds, epochs=s.backend.epochs)

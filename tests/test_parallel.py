@@ -173,3 +173,29 @@ def test_ctrl_c_under_two_workers_stops_both_trials_cleanly_and_a_rerun_resumes(
     r = _nas("search", str(spec), "--runs-dir", str(runs), "--workers", "2", "--trials", "2", timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resuming" in r.stdout
+
+
+def test_the_live_display_shows_every_running_trial() -> None:
+    import io
+
+    from rich.console import Console
+
+    from nas.progress import RichReporter
+    from nas.trial import TrialState, tally
+
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=120))
+    reporter.search_started(total=6, counts=tally(()), best=None, epochs=10)
+    reporter.trial_started(3, 1000)
+    reporter.trial_started(4, 2000)
+    reporter.epoch(3, 2, {"val_accuracy": 0.5})
+    reporter.epoch(4, 7, {"val_accuracy": 0.75})
+    shown = "\n".join(line.plain for line in reporter._running())
+    assert "trial 3 epoch 2/10 val_acc 0.5000" in shown and "trial 4 epoch 7/10 val_acc 0.7500" in shown
+    reporter.trial_finished(3, TrialState.FINISHED, {"val_accuracy": 0.9}, None)
+    shown = "\n".join(line.plain for line in reporter._running())
+    assert "trial 3" not in shown and "trial 4 epoch 7/10" in shown
+    reporter.trial_finished(4, TrialState.PRUNED, {}, "pruned at epoch 7")
+    assert [line.plain for line in reporter._running()] == ["between trials"]
+    reporter.close()
+    assert "trial   3 \x1b[32mfinished" in out.getvalue()

@@ -272,3 +272,21 @@ def test_an_unreachable_or_driverless_postgres_url_is_refused_before_any_trainin
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
     with pytest.raises(NasError, match=r"psycopg\) is not installed; run `pip install 'nas\[postgres\]'`"):
         storage.make_storage(url)
+
+
+def test_machines_sharing_a_study_share_its_budget(pg, tiny_spec, tmp_path) -> None:
+    loaded = load_spec(tiny_spec(name="budgetshare"))
+
+    def machine(name: str) -> OptunaBackend:
+        return OptunaBackend.open(loaded.spec, SearchSpace(loaded.spec), RunDir(tmp_path / name), loaded.hash,
+                                  storage=pg.url, new=False, resuming=False)
+
+    first, second = machine("a"), machine("b")
+    assert first.budget_began(1000.0, 600) == 1000.0
+    assert second.budget_began(1200.0, 600) == 1000.0  # joins with the 400 s that are left
+    assert second.budget_began(1700.0, 600) == 1700.0  # run out entirely: a rerun is a new session
+    assert first.local is False and first.study_key == second.study_key
+    (tmp_path / "c").mkdir()
+    own = OptunaBackend.open(loaded.spec, SearchSpace(loaded.spec), RunDir(tmp_path / "c"), loaded.hash,
+                             storage=None, new=False, resuming=False)
+    assert own.budget_began(1000.0, 600) is None and own.study_key is None  # the run dir's own study

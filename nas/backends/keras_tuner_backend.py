@@ -305,6 +305,9 @@ class KerasTunerBackend:
     def others_running(self) -> bool:
         return False
 
+    def budget_began(self, now: float, seconds: float) -> float | None:
+        return None
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"algorithm": self.algorithm}
         if self.algorithm == "hyperband":

@@ -37,6 +37,7 @@ DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that coun
 BOOTSTRAP = 2  # under search.budget: peers a rung needs before it promotes anyone (Optuna's bootstrap_count)
 SPEC_KEYS = "nas.spec_keys"  # study attr: the spec's keys (JSON), to say what differs on a machine that joins
 PARENT_RUN, TRACKING_URI = "nas.mlflow_parent_run_id", "nas.tracking_uri"  # study attrs, shared storage only
+BUDGET_BEGAN = "nas.budget_began"  # study attr, shared storage only: when search.budget began (Unix time)
 SURPLUS = "nas.surplus"  # user attr: dropped before training, see Surplus
 OWNER = "nas.owner"  # user attr: the uid of the run dir whose search runs the trial
 STATE = "nas.state"  # user attr, written last: the objective's outcome is fully recorded on the trial
@@ -542,6 +543,17 @@ class OptunaBackend:
             return
         self.study.set_user_attr(PARENT_RUN, run_id)
         self.study.set_user_attr(TRACKING_URI, tracking_uri)
+
+    def budget_began(self, now: float, seconds: float) -> float | None:
+        """When search.budget began for every machine of a shared study: the first one's start (`now` for
+        that one). A budget that has run out entirely is a new session: it begins again now."""
+        if self.local:
+            return None
+        began = self.study.user_attrs.get(BUDGET_BEGAN)
+        if not isinstance(began, (int, float)) or now - began >= seconds:
+            self.study.set_user_attr(BUDGET_BEGAN, now)
+            return now
+        return float(began)
 
     def others_running(self) -> bool:
         """Trials of other machines (other run dirs) still running in a shared study."""
