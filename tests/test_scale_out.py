@@ -49,11 +49,18 @@ def _machine(root: Path, name: str) -> Path:
     return home
 
 
+_STORAGES: dict[str, Any] = {}
+
+
 def _study(url: str, name: str) -> optuna.Study:
+    """The study, through one storage (one connection pool) per URL: the tests poll it many times a second,
+    and a new pool per poll would exhaust the server's connections."""
     from nas.backends.optuna_backend import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=name, storage=make_storage(url))
+    if url not in _STORAGES:
+        _STORAGES[url] = make_storage(url)
+    return optuna.load_study(study_name=name, storage=_STORAGES[url])
 
 
 def _counted(study: optuna.Study) -> list[Any]:

@@ -133,12 +133,12 @@ def test_a_worker_that_cannot_start_fails_the_trial_with_a_reason(setup, tmp_pat
 
 
 def test_the_spec_sets_the_trial_timeout_of_either_runner(setup, tmp_path: Path) -> None:
-    from nas.search import SearchOptions, _make_runner
+    from nas.search import SearchOptions, _make_runners
 
     _, splits = setup
     spec = parse_spec(SPEC + "search: {trial_timeout: 20m, worker_max_trials: 3}\n")
     s = SimpleNamespace(spec=spec, splits=splits, run_dir=SimpleNamespace(root=tmp_path), opts=SearchOptions())
-    runner = _make_runner(s)
+    [runner] = _make_runners(s)
     assert isinstance(runner, ProcessRunner) and runner.trial_timeout == 1200 and runner.max_tasks == 3
-    inline = _make_runner(SimpleNamespace(**{**vars(s), "opts": SearchOptions(inline=True)}))
+    [inline] = _make_runners(SimpleNamespace(**{**vars(s), "opts": SearchOptions(inline=True)}))
     assert isinstance(inline, InlineRunner) and inline.trial_timeout == 1200
