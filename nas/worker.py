@@ -324,6 +324,54 @@ class ProcessRunner:
         self._reset()
 
 
+def _call_child(conn: Any, setup: fw.Setup, fn: Any, args: tuple[Any, ...]) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    try:
+        fw.prepare(setup)
+        conn.send(("result", fn(*args)))
+    except Exception as exc:
+        import traceback
+
+        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+def run_in_framework(setup: fw.Setup, fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a new process that runs Keras on `setup.framework` (a module-level function, picklable
+    arguments and result): for work outside a search that must train on another framework than this process,
+    such as `nas export` retraining a JAX-trained winner."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    with _START_LOCK:
+        saved = os.environ.get("KERAS_BACKEND")
+        os.environ["KERAS_BACKEND"] = setup.framework
+        try:
+            proc = ctx.Process(target=_call_child, args=(child, setup, fn, args), name="nas-framework-worker",
+                               daemon=True)
+            proc.start()
+        finally:
+            if saved is None:
+                os.environ.pop("KERAS_BACKEND", None)
+            else:
+                os.environ["KERAS_BACKEND"] = saved
+    child.close()
+    try:
+        while not parent.poll(0.5):
+            if not proc.is_alive():
+                proc.join(5)
+                raise WorkerDied(_death_reason(proc.exitcode).replace("the trial's worker", "the worker"))
+        msg = parent.recv()
+    except BaseException:
+        proc.kill()
+        proc.join()
+        raise
+    proc.join(30)
+    if msg[0] == "error":
+        raise RuntimeError(f"{msg[1]} (in the worker process on {setup.framework})\n{msg[2]}")
+    return msg[1]
+
+
 def _death_reason(code: int | None) -> str:
     if code is not None and code < 0:
         sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)

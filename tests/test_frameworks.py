@@ -214,6 +214,20 @@ def test_a_search_runs_on_the_framework_end_to_end(framework: str, search: str, 
     # as reported by the worker's own Keras, not by the spec
     assert json.loads((run / "best" / "trial.json").read_text())["framework"] == framework
 
+    # export: retrained and pruned on the framework (in a worker process), converted by TensorFlow
+    proc = subprocess.run([sys.executable, "-m", "nas", "export", str(run), "--formats", "keras,tflite-int8",
+                           "--sparsity", "0.5"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    training = manifest["training"]
+    assert training["framework"] == framework
+    assert training["test_accuracy_pruned"] > 0.3
+    # the model TensorFlow loaded is the one the framework trained: the same predictions
+    assert abs(training["test_accuracy_reloaded_on_tensorflow"] - training["test_accuracy_pruned"]) < 0.01
+    assert manifest["sparsity"]["overall"] > 0.4
+    assert {a["status"] for a in manifest["artifacts"].values()} == {"ok"}
+    assert manifest["artifacts"]["tflite-int8"]["top1_agreement"] > 0.9  # the parity check, as on TensorFlow
+
 
 def test_a_framework_that_is_not_installed_is_named_with_the_fix(tiny_spec, tmp_path: Path, monkeypatch) -> None:
     import nas.framework

@@ -74,6 +74,45 @@ def _fit(model: Any, cand: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed:
                 shuffle=False, verbose=0)
 
 
+def retrain(cand: Any, x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, epochs: int,
+            seed: int, sparsity: float, finetune_epochs: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Retrain the candidate on train+val with its own settings and seed, then prune it (fine-tuning) when
+    `sparsity` > 0, on whatever framework this process runs Keras on. Returns the model (float32, no pruning
+    wrappers), the training record and the sparsity report."""
+    import keras
+
+    from nas.builder import build_model, float32_copy
+    from nas.export import pruning
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(cand.arch)
+    t0 = time.perf_counter()
+    _fit(model, cand, x_all, y_all, epochs, seed)
+    training: dict[str, Any] = {"retrain_epochs": epochs, "retrain_images": int(len(y_all)),
+                                "schedule": f"{cand.train.schedule} (warmup {cand.train.warmup:g})",
+                                "test_accuracy_retrained": _accuracy(model, x_test, y_test),
+                                "retrain_seconds": round(time.perf_counter() - t0, 1)}
+    report: dict[str, Any] = {"target": 0.0, **pruning.sparsity_report(model)}
+    if sparsity > 0:
+        # Ramp to the target over the first half of fine-tuning, then train at full sparsity. The trial's own
+        # learning rate: on Fashion-MNIST, 80% sparsity recovered +0.75 pp at 1.0x and lost 0.84 pp at 0.3x.
+        steps = finetune_epochs * -(-len(y_all) // cand.train.batch_size)
+        prune = pruning.MagnitudePruning(pruning.Schedule(final=sparsity, begin_step=0, end_step=max(1, steps // 2)))
+        _fit(model, cand, x_all, y_all, finetune_epochs, seed + 1, callbacks=[prune])
+        pruning.strip(model)
+        report = {"target": sparsity, **pruning.sparsity_report(model)}
+        training.update(finetune_epochs=finetune_epochs, sparsity_ramp="polynomial (cubic) over the first half",
+                        test_accuracy_pruned=_accuracy(model, x_test, y_test))
+    return float32_copy(model, cand.arch), training, report
+
+
+def retrain_to_file(path: str, *args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`retrain` in a worker process of another framework: the model goes to `path` (.keras)."""
+    model, training, report = retrain(*args)
+    model.save(path)
+    return training, report
+
+
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
     with silenced_stderr():  # TF's C++ runtime prints tf.data notices straight to fd 2
         return float((model.predict(x.astype("float32"), batch_size=256, verbose=0).argmax(axis=1) == y).mean())
@@ -111,41 +150,42 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
     seed = trial_seed(src.loaded.spec.search.seed, src.trial)  # the winner's own trial seed
     epochs = cfg.retrain_epochs or src.loaded.spec.train.epochs
 
-    from nas.tf_setup import prepare_tensorflow
-
-    prepare_tensorflow(src.loaded.spec.train.deterministic)
-    import keras
-
-    from nas.builder import build_model
-    from nas.export import pruning
-
     x_all = np.concatenate([splits.train.x, splits.val.x])
     y_all = np.concatenate([splits.train.y, splits.val.y])
     x_test, y_test = splits.test.x, splits.test.y
-    keras.utils.set_random_seed(seed)
-    model = build_model(cand.arch)
-    t0 = time.perf_counter()
-    with console.status(f"retraining trial {src.trial} on train+val ({len(y_all)} images, {epochs} epochs)"), \
-            silenced_stderr():
-        _fit(model, cand, x_all, y_all, epochs, seed)
-    training: dict[str, Any] = {"retrain_epochs": epochs, "retrain_images": int(len(y_all)),
-                                "schedule": f"{cand.train.schedule} (warmup {cand.train.warmup:g})",
-                                "test_accuracy_retrained": _accuracy(model, x_test, y_test),
-                                "retrain_seconds": round(time.perf_counter() - t0, 1)}
+    framework = src.loaded.spec.train.backend
+    what = (f"retraining trial {src.trial} on train+val ({len(y_all)} images, {epochs} epochs"
+            + (f", Keras on {framework} in a worker process)" if framework != "tensorflow" else ")")
+            + (f", then pruning to {sparsity:.0%} over {cfg.finetune_epochs} fine-tuning epochs" if sparsity else ""))
+
+    from nas.tf_setup import prepare_tensorflow
+
+    if framework == "tensorflow":
+        prepare_tensorflow(src.loaded.spec.train.deterministic)
+        with console.status(what), silenced_stderr():
+            model, training, report = retrain(cand, x_all, y_all, x_test, y_test, epochs, seed, sparsity,
+                                              cfg.finetune_epochs)
+    else:
+        # Trained on the spec's framework, in a process of its own (Keras fixes its framework per process);
+        # converted here, by TensorFlow, from the framework-neutral .keras file it saved.
+        from nas import framework as fw
+        from nas.worker import run_in_framework
+
+        out.mkdir(parents=True, exist_ok=True)
+        retrained = out / "retrained.keras"
+        with console.status(what):
+            training, report = run_in_framework(
+                fw.Setup.of(src.loaded.spec.train), retrain_to_file, str(retrained), cand, x_all, y_all, x_test,
+                y_test, epochs, seed, sparsity, cfg.finetune_epochs)
+        prepare_tensorflow(src.loaded.spec.train.deterministic)
+        import keras
+
+        model = keras.models.load_model(retrained, compile=False)
+        retrained.unlink()
+        training["test_accuracy_reloaded_on_tensorflow"] = _accuracy(model, x_test, y_test)
+    training["framework"] = framework
     console.print(f"retrained trial {src.trial}: test accuracy {training['test_accuracy_retrained']:.4f}")
-    report: dict[str, Any] = {"target": 0.0, **pruning.sparsity_report(model)}
     if sparsity > 0:
-        # Ramp to the target over the first half of fine-tuning, then train at full sparsity. The trial's own
-        # learning rate: on Fashion-MNIST, 80% sparsity recovered +0.75 pp at 1.0x and lost 0.84 pp at 0.3x.
-        steps = cfg.finetune_epochs * -(-len(y_all) // cand.train.batch_size)
-        prune = pruning.MagnitudePruning(pruning.Schedule(final=sparsity, begin_step=0, end_step=max(1, steps // 2)))
-        with console.status(f"pruning to {sparsity:.0%} sparsity over {cfg.finetune_epochs} fine-tuning epochs"), \
-                silenced_stderr():
-            _fit(model, cand, x_all, y_all, cfg.finetune_epochs, seed + 1, callbacks=[prune])
-        pruning.strip(model)
-        report = {"target": sparsity, **pruning.sparsity_report(model)}
-        training.update(finetune_epochs=cfg.finetune_epochs, sparsity_ramp="polynomial (cubic) over the first half",
-                        test_accuracy_pruned=_accuracy(model, x_test, y_test))
         console.print(f"pruned to {report['overall']:.1%} zero weights: test accuracy "
                       f"{training['test_accuracy_pruned']:.4f}")
 
