@@ -86,11 +86,11 @@ def places(workers: int, gpus: list[str] | None = None, visible: list[str] | Non
     GPU the framework sees, as before workers existed) unless --gpus names some."""
     if workers < 1:
         raise NasError(f"--workers {workers}: expected 1 or more")
-    chosen = gpus if gpus is not None else (visible_gpus() if visible is None else visible)
-    if chosen and (workers > 1 or gpus is not None):
-        return [Place(i, gpu=chosen[i % len(chosen)]) for i in range(workers)]
-    if workers == 1:
+    if workers == 1 and gpus is None:
         return [Place(0)]
+    chosen = gpus if gpus is not None else (visible_gpus() if visible is None else visible)
+    if chosen:
+        return [Place(i, gpu=chosen[i % len(chosen)]) for i in range(workers)]
     override = os.environ.get("NAS_WORKER_THREADS")  # 0: every worker uses all cores (for benchmarks)
     threads = int(override) if override else max(1, (cores or cpu_cores()) // workers)
     return [Place(i, threads=threads or None) for i in range(workers)]

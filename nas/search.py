@@ -175,6 +175,7 @@ class _Search:
     info: Any  # nas.space.DataInfo
     description: str
     space: Any  # nas.space.SearchSpace
+    gpus: list[str] | None = None  # --gpus, checked
     run_dir: RunDir = dataclasses.field(default=None)  # type: ignore[assignment]
     backend: Backend = dataclasses.field(default=None)  # type: ignore[assignment]
     runner: Any = None  # nas.worker.Runner, once started: the first worker's, which also probes and measures
@@ -262,12 +263,14 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
                        f"{spec.search.backend!r}, which keeps its state in "
                        f"{opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
-    _check_workers(loaded, opts)
-    return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec))
+    gpus = _check_workers(loaded, opts)
+    return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec),
+                   gpus=gpus)
 
 
-def _check_workers(loaded: LoadedSpec, opts: SearchOptions) -> None:
-    """--workers and --gpus: refused here, before anything is written, where they cannot work."""
+def _check_workers(loaded: LoadedSpec, opts: SearchOptions) -> list[str] | None:
+    """--workers and --gpus: refused here, before anything is written, where they cannot work. Returns the GPUs
+    --gpus picks (None without it)."""
     from nas.parallel import parse_gpus, visible_gpus
 
     spec, workers = loaded.spec, loaded.spec.search.workers
@@ -279,7 +282,7 @@ def _check_workers(loaded: LoadedSpec, opts: SearchOptions) -> None:
         what = "--inline" if opts.inline else "search.isolate_trials: false"
         raise NasError(f"{where} is {workers}, but {what} trains in this process, one trial at a time; "
                        f"drop {what} (each worker then trains in a process of its own) or use one worker")
-    parse_gpus(opts.gpus, visible_gpus() if opts.gpus is not None else [])
+    return parse_gpus(opts.gpus, visible_gpus()) if opts.gpus is not None else None
 
 
 def _claim(s: _Search, held: contextlib.ExitStack) -> tuple[bool, bool]:
@@ -342,14 +345,13 @@ def _make_runners(s: _Search) -> list[Any]:
     """One runner per worker, each placed on its GPU or its share of the CPU (nas.parallel); worker processes
     start when their first trial (or the budget probe) needs them."""
     from nas.framework import Setup
-    from nas.parallel import parse_gpus, places, visible_gpus
+    from nas.parallel import places
     from nas.worker import InlineRunner, ProcessRunner
 
     spec, setup = s.spec, Setup.of(s.spec.train)
     if s.opts.inline or not spec.search.isolate_trials:
         return [InlineRunner(s.splits, setup, trial_timeout=spec.search.trial_timeout)]
-    visible = visible_gpus()
-    where = places(spec.search.workers, parse_gpus(s.opts.gpus, visible), visible)
+    where = places(spec.search.workers, s.gpus)  # asks nvidia-smi only when there are several workers
     if len(where) > 1:
         s.console.print(f"workers: {len(where)} trials at once, on " + "; ".join(
             f"worker {p.index}: {p.describe()}" for p in where))
@@ -373,9 +375,10 @@ def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
         return None, None
     # trials stop a little early, so that measuring the winner and writing the report fit in the budget too
     deadline = t0 + seconds - min(FINISH_RESERVE_S, 0.05 * seconds)
-    began = s.backend.budget_began(time.time() - (time.monotonic() - t0), seconds)
+    started = time.time() - (time.monotonic() - t0)  # this search's start, as a Unix time
+    began = s.backend.budget_began(started, seconds)
     if began is not None:  # machines sharing a study share its budget: it counts from the first one's start
-        deadline -= max(0.0, (time.time() - (time.monotonic() - t0)) - began)
+        deadline -= max(0.0, started - began)
     try:
         with s.console.status("planning the budget: probing the cheapest and the dearest candidates"):
             budget_plan = plan_budget(s.spec, s.info, s.splits, s.runner, seconds, epochs=s.backend.epochs)

@@ -78,6 +78,15 @@ def _worker_processes(search: Search) -> list[psutil.Process]:
     return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
+def _wait_for_two_training(search: Search, db: Path) -> None:
+    """Until two trials of the study in `db` have each trained an epoch and still run."""
+
+    def two_training() -> bool:
+        return sum(1 for _, state, _, epochs in poll_trials(db) if state == "RUNNING" and epochs >= 1) >= 2
+
+    wait_for(search, "two trials training at once", two_training, timeout=400)
+
+
 @pytest.mark.slow
 def test_two_workers_train_at_once_and_count_trials_exactly(tiny_spec, tmp_path: Path) -> None:
     spec, runs = tiny_spec(trials=6, epochs=4), tmp_path / "runs"
@@ -113,12 +122,7 @@ def test_a_killed_worker_fails_one_trial_and_the_search_goes_on(tiny_spec, tmp_p
     spec, runs = tiny_spec(trials=5, epochs=6), tmp_path / "runs"
     db = runs / "tiny" / "study.db"
     search = Search(spec, runs, "w2", extra=["--workers", "2"])
-
-    def two_training() -> bool:
-        rows = poll_trials(db)
-        return sum(1 for _, state, _, epochs in rows if state == "RUNNING" and epochs >= 1) >= 2
-
-    wait_for(search, "two trials training at once", two_training, timeout=400)
+    _wait_for_two_training(search, db)
     workers = _worker_processes(search)
     assert len(workers) == 2, workers
     workers[1].send_signal(signal.SIGKILL)
@@ -151,11 +155,7 @@ def test_ctrl_c_under_two_workers_stops_both_trials_cleanly_and_a_rerun_resumes(
     spec, runs = tiny_spec(trials=4, epochs=100), tmp_path / "runs"
     db = runs / "tiny" / "study.db"
     search = Search(spec, runs, "w2", extra=["--workers", "2"])
-
-    def two_training() -> bool:
-        return sum(1 for _, state, _, epochs in poll_trials(db) if state == "RUNNING" and epochs >= 1) >= 2
-
-    wait_for(search, "two trials training at once", two_training, timeout=400)
+    _wait_for_two_training(search, db)
     search.signal(signal.SIGINT)
     assert search.wait(120) == 130, search.stdout() + search.stderr()
     assert "interrupted" in search.stderr() and "Traceback" not in search.stderr()

@@ -88,12 +88,19 @@ def _args(pg: Postgres, tracking: MlflowServer) -> list[str]:
     return ["--storage", pg.url, "--tracking-uri", tracking.url]
 
 
+def _two_machines(spec: Path, pg: Postgres, tracking: MlflowServer, root: Path) -> list[tuple[Path, Search]]:
+    """`nas search` of the same spec started on machines "a" and "b": (working directory, search) each."""
+    out = []
+    for name in ("a", "b"):
+        home = _machine(root, name)
+        out.append((home, Search(spec, home / "runs", name, extra=_args(pg, tracking), cwd=home)))
+    return out
+
+
 @pytest.mark.slow
 def test_two_machines_share_one_search_one_parent_run_and_exact_trials(pg, tracking, tiny_spec, tmp_path) -> None:
     spec = _spec(tmp_path, tiny_spec, "twomachines", trials=6, epochs=3)
-    a_home, b_home = _machine(tmp_path, "a"), _machine(tmp_path, "b")
-    a = Search(spec, a_home / "runs", "a", extra=_args(pg, tracking), cwd=a_home)
-    b = Search(spec, b_home / "runs", "b", extra=_args(pg, tracking), cwd=b_home)
+    (a_home, a), (b_home, b) = _two_machines(spec, pg, tracking, tmp_path)
     assert a.wait(600) == 0, a.stdout() + a.stderr()
     assert b.wait(600) == 0, b.stdout() + b.stderr()
 
@@ -159,9 +166,7 @@ def test_a_machine_with_a_different_spec_is_refused_with_the_changed_keys(pg, ti
 @pytest.mark.slow
 def test_kill_9_of_one_machine_mid_trial_the_other_reruns_its_trial(pg, tracking, tiny_spec, tmp_path) -> None:
     spec = _spec(tmp_path, tiny_spec, "killone", trials=6, epochs=8)
-    a_home, b_home = _machine(tmp_path, "a"), _machine(tmp_path, "b")
-    a = Search(spec, a_home / "runs", "a", extra=_args(pg, tracking), cwd=a_home)
-    b = Search(spec, b_home / "runs", "b", extra=_args(pg, tracking), cwd=b_home)
+    (a_home, a), (b_home, b) = _two_machines(spec, pg, tracking, tmp_path)
 
     def b_training() -> Any:
         try:

@@ -137,7 +137,8 @@ def test_the_spec_sets_the_trial_timeout_of_either_runner(setup, tmp_path: Path)
 
     _, splits = setup
     spec = parse_spec(SPEC + "search: {trial_timeout: 20m, worker_max_trials: 3}\n")
-    s = SimpleNamespace(spec=spec, splits=splits, run_dir=SimpleNamespace(root=tmp_path), opts=SearchOptions())
+    s = SimpleNamespace(spec=spec, splits=splits, run_dir=SimpleNamespace(root=tmp_path), opts=SearchOptions(),
+                        gpus=None)
     [runner] = _make_runners(s)
     assert isinstance(runner, ProcessRunner) and runner.trial_timeout == 1200 and runner.max_tasks == 3
     [inline] = _make_runners(SimpleNamespace(**{**vars(s), "opts": SearchOptions(inline=True)}))

@@ -23,7 +23,7 @@ import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
 from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF
-from nas.backends.storage import DatabaseAway, make_storage, redact, retry_dead_trial
+from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
 from nas.errors import NasError
 from nas.objective import TrialObjective
 from nas.rundir import RunDir
@@ -122,8 +122,8 @@ def open_study(spec: Spec, storage_url: str, study_name: str | None = None,
     except NasError:
         raise
     except Exception as exc:  # driver missing, unreachable database, directions changed under one name ...
-        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        raise NasError(f"Optuna storage {redact(storage_url)!r} cannot be used: {type(exc).__name__}: {detail}. "
+        raise NasError(f"Optuna storage {redact(storage_url)!r} cannot be used: {type(exc).__name__}: "
+                       f"{first_line(exc)}. "
                        "Fix the --storage URL (is the database server running and reachable?), or start a "
                        "separate study with --new") from None
     if study.trials or parallel:
@@ -362,11 +362,8 @@ def _run_workers(work: Callable[[int, Any], None], runners: list[Any], stop: thr
         for t in threads:
             t.join()
         raise
-    real = [e for e in errors if not isinstance(e, KeyboardInterrupt)]
-    if real:
-        raise real[0]
-    if errors:
-        raise errors[0]
+    if errors:  # a real error says more than the KeyboardInterrupts it caused in the other workers
+        raise next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
 
 
 def study_winner(storage_url: str, study_name: str, spec: Spec) -> optuna.trial.FrozenTrial | None:

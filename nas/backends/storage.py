@@ -56,7 +56,7 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The driver's own words ("connection refused"), not the wrappers' around them."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
@@ -84,7 +84,7 @@ def _patient(method: Callable[..., Any]) -> Callable[..., Any]:
                 if now - began > self.wait_s:
                     self.gave_up = (
                         f"the study's database {redact(self.url)} has been unreachable for {self.wait_s:.0f} s "
-                        f"({_first_line(exc)}); every finished trial is kept there. Start "
+                        f"({first_line(exc)}); every finished trial is kept there. Start "
                         "the database server again, then rerun the same command to resume")
                     raise DatabaseAway(self.gave_up) from None
                 time.sleep(min(5.0, 0.5 * 2 ** min(int(now - began), 3)))
