@@ -308,7 +308,8 @@ def _start_parent_run(s: _Search, resuming: bool) -> str | None:
         params={"backend": spec.search.backend, "framework": spec.train.backend, **s.backend.describe(),
                 "trials": s.backend.total, "epochs": s.backend.epochs, "seed": spec.search.seed,
                 "space_dims": len(s.space.dims), "data": s.description, "test_fingerprint": s.test_fingerprint},
-        tags={"nas.run_dir": str(s.run_dir.root.resolve())},
+        tags={"nas.run_dir": str(s.run_dir.root.resolve()),
+              **({"nas.study": s.backend.study_key} if s.backend.study_key else {})},
     )
     key = s.backend.study_key
     if key and parent:  # a study several machines may share: one parent run for all of them
@@ -320,7 +321,14 @@ def _start_parent_run(s: _Search, resuming: bool) -> str | None:
 def _end_parent_run(s: _Search, status: str) -> None:
     """End the MLflow parent run, unless other machines still run trials of a shared study: the last one to
     stop ends it."""
-    if s.backend.others_running():
+    others = s.backend.others_running()
+    key = s.backend.study_key
+    if key:  # a parent run that raced ours at the start is merged into the search's now at the latest
+        parent = s.tracker.join_shared_parent(key, everyone=not others)
+        if parent:
+            s.backend.remember_parent(parent, s.uri)
+            s.run_dir.write_meta(mlflow_parent_run_id=parent)
+    if others:
         s.console.print("other machines still run trials of this study: the MLflow parent run stays RUNNING "
                         "until the last of them ends")
         return

@@ -150,7 +150,8 @@ class Tracker(Protocol):
     def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
     def end_search(self, status: str) -> None: ...
     def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int: ...
-    def join_shared_parent(self, study_key: str) -> str: ...  # one parent run for every machine of a study
+    # one parent run for every machine of a study
+    def join_shared_parent(self, study_key: str, everyone: bool = False) -> str: ...
     def run_url(self, run_id: str) -> str | None: ...
 
 
@@ -183,7 +184,7 @@ class NullTracker:
     def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int:
         return 0
 
-    def join_shared_parent(self, study_key: str) -> str:
+    def join_shared_parent(self, study_key: str, everyone: bool = False) -> str:
         return ""
 
     def run_url(self, run_id: str) -> str | None:
@@ -353,22 +354,36 @@ class MlflowTracker:
             self._client.log_artifact(self._parent, str(spec_path), artifact_path="spec")
             return self._parent
 
-    def join_shared_parent(self, study_key: str) -> str:
-        """Machines that start one shared search at the same moment may each create a parent run. Each parent is
-        tagged with the study; the oldest (by start time, then id) is the search's, on every machine alike: a
-        machine whose own parent is not that one deletes its own and nests its trials under the oldest."""
+    def join_shared_parent(self, study_key: str, everyone: bool = False) -> str:
+        """Machines that start one shared search at the same moment may each create a parent run before they see
+        each other's. Each parent is tagged with the study; the oldest (by start time, then id) is the search's, on
+        every machine alike. A machine whose own parent is not that one merges its own into it: its trial runs
+        are nested under the oldest (the nesting is only the `mlflow.parentRunId` tag) and it is deleted.
+        Machines join when they start and when they stop; the last one to stop merges `everyone`'s, so two
+        parents that raced at the start end as one even when the machine of one of them was killed."""
         mine = self.parent_run_id
         with self._guard("find the search's parent run"):
             self._client.set_tag(mine, "nas.study", study_key)
             query = f"tags.`nas.study` = '{study_key}' and tags.`nas.kind` = 'search'"
             found = self._client.search_runs([self.experiment_id], query, max_results=100)
             oldest = min(found, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
-            if oldest is not None and oldest.info.run_id != mine:
-                self._client.delete_run(mine)
+            if oldest is None:
+                return mine
+            for other in found:
+                if other.info.run_id != oldest.info.run_id and (everyone or other.info.run_id == mine):
+                    self._merge_parent(other.info.run_id, oldest.info.run_id)
+            if oldest.info.run_id != mine:
                 self._parent = oldest.info.run_id
                 if oldest.info.status != "RUNNING":
                     self._client.update_run(self._parent, status="RUNNING")
         return self.parent_run_id
+
+    def _merge_parent(self, young: str, into: str) -> None:
+        children = f"tags.`mlflow.parentRunId` = '{young}'"
+        while runs := self._client.search_runs([self.experiment_id], children, max_results=500):
+            for run in runs:
+                self._client.set_tag(run.info.run_id, "mlflow.parentRunId", into)
+        self._client.delete_run(young)
 
     def _parent_of(self, run_uid: str) -> str | None:
         query = f"tags.`nas.run_uid` = '{run_uid}' and tags.`nas.kind` = 'search'"

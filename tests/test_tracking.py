@@ -384,3 +384,34 @@ def test_file_store_is_refused_unless_allowed(tmp_path: Path, monkeypatch: pytes
         T.check_tracking_uri(tmp_path.as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     T.check_tracking_uri(tmp_path.as_uri())
+
+
+def test_parents_that_raced_at_the_start_merge_into_the_oldest(store: tuple[str, Path], tracker: T.MlflowTracker,
+                                                               spec: Path) -> None:
+    """Two machines each created a parent before either saw the other's (both joined alone): the machine that
+    stops last merges every parent of the study into the oldest, trial runs included; one that still has
+    company merges only its own."""
+    name = tracker_name(tracker, store)
+    a, b, c = tracker, T.MlflowTracker(store[0], name, store[1]), T.MlflowTracker(store[0], name, store[1])
+    first, second, third = start(a, spec), start(b, spec), start(c, spec)
+    a_trial, b_trial, c_trial = a.start_trial(0, {"x": 1}, {}), b.start_trial(1, {"x": 2}, {}), c.start_trial(2, {}, {})
+    key = "study-key-1"
+    # the race: each joins before the others' parents carry the study's tag, so each keeps its own
+    for t in (c, b, a):
+        client(store[0]).set_tag(t.parent_run_id, "nas.kind", "pending")
+    for t, own in ((a, first), (b, second), (c, third)):
+        client(store[0]).set_tag(own, "nas.kind", "search")
+        assert t.join_shared_parent(key) == own
+        client(store[0]).set_tag(own, "nas.kind", "pending")
+    for own in (first, second, third):
+        client(store[0]).set_tag(own, "nas.kind", "search")
+
+    assert b.join_shared_parent(key) == first  # b stops while a and c still run: only b's parent merges
+    assert {r.info.run_id for r in parents(store[0], a)} == {first, third}
+    assert client(store[0]).get_run(b_trial).data.tags["mlflow.parentRunId"] == first
+
+    assert a.join_shared_parent(key, everyone=True) == first  # the last to stop: c was killed, its parent merges
+    assert [r.info.run_id for r in parents(store[0], a)] == [first]
+    for trial in (a_trial, b_trial, c_trial):
+        assert client(store[0]).get_run(trial).data.tags["mlflow.parentRunId"] == first
+    assert client(store[0]).get_run(second).info.lifecycle_stage == "deleted"
