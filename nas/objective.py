@@ -22,7 +22,7 @@ from nas.errors import InvalidArchitecture
 from nas.progress import Reporter
 from nas.rundir import RunDir, promote_best
 from nas.space import DataInfo, SearchSpace
-from nas.spec.model import Objective
+from nas.spec.model import STATIC_METRICS, Bound, Objective
 from nas.tracking import Tracker
 from nas.trial import EPOCH_METRICS, TrialResult, TrialState, TrialTask, trial_seed
 from nas.worker import Runner
@@ -40,12 +40,18 @@ class TrialObjective:
                  reporter: Reporter, run: RunDir, objectives: list[Objective], seed: int,
                  best_value: float | None = None, max_params: int | None = None, deadline: float | None = None,
                  budget_plan: BudgetPlan | None = None, stages: Stages = (), runners: list[Runner] | None = None,
-                 trial_tags: dict[str, str] | None = None, best_lock: Any = None, share_best: bool = False):
+                 trial_tags: dict[str, str] | None = None, best_lock: Any = None, share_best: bool = False,
+                 constraints: dict[str, Bound] | None = None, measure: tuple[str, ...] = (),
+                 measure_on: str = "int8", calibration_samples: int = 200):
         """`runners`: one per worker (--workers), each trial runs in the one its caller passes; `runner` is the
         first. `trial_tags` go on every trial's MLflow run (the machine and run dir that ran it). `best_lock`: held
         while best/ changes (nas.search settles it under the same lock). `share_best`: machines share the study,
         so a trial that becomes this machine's best logs its model to its MLflow run, where every machine (and
-        `nas export` of the study's winner) can reach it."""
+        `nas export` of the study's winner) can reach it. `constraints` (search.constraints): those on params and
+        flops reject a candidate before training. `measure`: the metrics nas.deployed measures on each finished
+        trial's TFLite artifact (`measure_on` int8 or float32)."""
+        self.constraints = constraints or {}
+        self.measure, self.measure_on, self.calibration_samples = measure, measure_on, calibration_samples
         self.share_best = share_best
         self.space, self.data, self.runner, self.tracker = space, data, runner, tracker
         self.runners = runners or [runner]
@@ -90,6 +96,15 @@ class TrialObjective:
         self.reporter.trial_finished(number, result.state, result.metrics, result.reason, continues=resume_of)
         return result
 
+    def static_costs(self, params: dict[str, Any]) -> dict[str, float]:
+        """Parameters and FLOPs of the candidate `params` describe, known before training ({} for a shape that
+        collapses)."""
+        try:
+            shape = plan(self.space.decode(params, self.data).arch)
+        except InvalidArchitecture:
+            return {}
+        return {"params": float(shape.params), "flops": float(shape.flops)}
+
     def out_of_time(self) -> bool:
         """search.budget is spent: the running trial stops after this epoch and no new one starts."""
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -110,6 +125,11 @@ class TrialObjective:
                       "rejected before training")
         elif self.budget_plan is not None:
             reason = cap_reason(shape.flops, self.budget_plan)
+        for metric in STATIC_METRICS:
+            bound = self.constraints.get(metric)
+            value = getattr(shape, metric)
+            if not reason and bound is not None and not bound.holds(value):
+                reason = f"{metric} {value:,} break search.constraints.{metric} '{bound}'; rejected before training"
         if reason:  # rejected before training; its size stays in the leaderboard, to say how large it was
             return TrialResult(TrialState.PRUNED, reason=reason, metrics={
                 "epochs_run": 0.0, "params": float(shape.params), "flops": float(shape.flops)})
@@ -140,7 +160,9 @@ class TrialObjective:
                          save_threshold=self.best_value if monitor == self.primary.metric else None,
                          stages=self.stages, checkpoint_to=str(self.checkpoint_path(number)) if checkpoint else None,
                          resume_from=str(resume_from) if resume_from else None,
-                         stop_at=time.time() + self.deadline - time.monotonic() if self.deadline is not None else None)
+                         stop_at=time.time() + self.deadline - time.monotonic() if self.deadline is not None else None,
+                         measure=self.measure, measure_on=self.measure_on,
+                         calibration_samples=self.calibration_samples)
         result = runner.run(task, on_epoch)
         if resume_from is not None and result.counts:
             resume_from.unlink(missing_ok=True)  # continued for good; a pause again leaves this trial's own
@@ -156,7 +178,9 @@ class TrialObjective:
                runner: Runner) -> bool:
         """Keep the model only if this trial is the new best by the primary objective (returns whether it is)."""
         value = result.metrics.get(self.primary.metric, math.nan)
-        if math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
+        feasible = all(math.isfinite(v := result.metrics.get(m, math.nan)) and bound.holds(v)
+                       for m, bound in self.constraints.items())  # best/ holds the best that meets them
+        if feasible and math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
             self.best_value = value
             promote_best(self.run, model_path, candidate.arch.to_json(), {
                 "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],

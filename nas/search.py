@@ -264,8 +264,12 @@ def _load(spec_path: str | Path, opts: SearchOptions, console: Console) -> _Sear
                        f"{opts.runs_dir / spec.name / 'keras_tuner'}/; "
                        "drop --storage")
     gpus = _check_workers(loaded, opts)
-    return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, SearchSpace(spec),
-                   gpus=gpus)
+    space = SearchSpace(spec)
+    if spec.search.constraints:
+        from nas.validate import check_static_constraints
+
+        check_static_constraints(loaded, space, info)  # every candidate would be rejected untrained
+    return _Search(spec_path, opts, console, loaded, uri, tracker, splits, info, description, space, gpus=gpus)
 
 
 def _check_workers(loaded: LoadedSpec, opts: SearchOptions) -> list[str] | None:
@@ -423,6 +427,9 @@ def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any 
                                budget_plan=budget_plan,
                                stages=early_rungs(spec, len(s.splits.train.y), s.backend.epochs),
                                runners=s.runners or None, best_lock=s.files_lock, share_best=not s.backend.local,
+                               constraints=spec.search.constraints, measure=tuple(sorted(spec.search.measured)),
+                               measure_on=spec.search.measure_on,
+                               calibration_samples=spec.export.calibration_samples,
                                trial_tags={"nas.host": socket.gethostname(),
                                            "nas.owner": str(s.run_dir.read_meta().get("uid", ""))})
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
@@ -454,6 +461,9 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
     df = s.save_leaderboard()
     counts = s.backend.counts()
     finished = counts[TrialState.FINISHED]
+    if "pareto" in df:  # several objectives: the front's runs can be filtered in MLflow (tags.nas.pareto = 'true')
+        s.tracker.tag_trials({int(r.trial): {"nas.pareto": "true" if r.pareto else "false"}
+                              for r in df.itertuples() if r.state == "finished"})
     try:
         best_trial, best_metrics = _measure_best(run_dir, s.runner, spec, s.loaded.hash, s.description, s.tracker,
                                                  console)
@@ -463,6 +473,10 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
 
     if not df.empty:
         console.print(table(df))
+    if "pareto" in df and df["pareto"].any():
+        front = df[df["pareto"].astype(bool)]
+        console.print(table(front, top=len(front), title=f"Pareto front: {len(front)} trials no other beats in every "
+                            f"objective ({', '.join(o.metric for o in spec.search.objectives)})"))
     head = _why(stop_reason, spec.search.max_failed_trials)
     tally = describe_tally(counts)
     console.print(f"[bold]{head}[/] in {elapsed:.0f}s: {tally}")

@@ -148,6 +148,7 @@ class Tracker(Protocol):
     # on the parent run, or on the trial run `run_id`
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None, run_id: str | None = None) -> None: ...
     def log_search_metrics(self, metrics: dict[str, float]) -> None: ...
+    def tag_trials(self, tags: dict[int, dict[str, str]]) -> None: ...  # trial number -> tags for its run
     def end_search(self, status: str) -> None: ...
     def close_stale_trials(self, interrupted: Collection[int] = (), owner: str | None = None) -> int: ...
     # one parent run for every machine of a study
@@ -176,6 +177,9 @@ class NullTracker:
         pass
 
     def log_search_metrics(self, metrics: dict[str, float]) -> None:
+        pass
+
+    def tag_trials(self, tags: dict[int, dict[str, str]]) -> None:
         pass
 
     def end_search(self, status: str) -> None:
@@ -467,6 +471,22 @@ class MlflowTracker:
         """Search-level results (best val/test accuracy, best trial) on the parent run."""
         with self._guard("log the search results"):
             self._batch(self.parent_run_id, metrics=metrics)
+
+    def tag_trials(self, tags: dict[int, dict[str, str]]) -> None:
+        """Tag the runs of the given trial numbers (the Pareto front's, at the end of a search): every run of
+        this parent with that nas.trial tag, whichever machine ran it."""
+        with self._guard("tag the trial runs"):
+            query = f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+            token = None
+            while True:
+                page = self._client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
+                for run in page:
+                    number = run.data.tags.get("nas.trial")
+                    if number is not None and number.isdigit() and int(number) in tags:
+                        self._batch(run.info.run_id, tags=tags[int(number)])
+                token = page.token
+                if not token:
+                    break
 
     def end_search(self, status: str) -> None:
         if status not in SEARCH_STATUSES:

@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from nas import checkpoint
+from nas import checkpoint, deployed
 from nas import framework as fw
 from nas.arch import plan
 from nas.augment import Augmentation, for_training
@@ -160,8 +160,9 @@ class _EpochCallback(keras.callbacks.Callback):
             self.stopped = (TrialState.FINISHED, f"stopped by search.budget {when} epoch {n} of {self.epochs}; its "
                                                  "best epoch stands")
             self.out_of_budget = self.model.stop_training = True
-        elif decision == "prune":
-            self.stopped = (TrialState.PRUNED, f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
+        elif decision.startswith("prune"):  # "prune", or "prune: <the pruner's reason>"
+            why = decision.partition(":")[2].strip()
+            self.stopped = (TrialState.PRUNED, why or f"pruned at epoch {n} ({self.monitor} {shown:.4f})")
             self.model.stop_training = True
         elif decision == "pause" and n < self.epochs:  # a rung's verdict: "not yet"; it may be promoted later
             self.stopped = (TrialState.PAUSED, f"paused at epoch {n} ({self.monitor} {shown:.4f}); continues from "
@@ -263,15 +264,28 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
     best_value = cb.best.get(task.monitor)
     beats = task.save_threshold is None or (best_value is not None and (
         best_value > task.save_threshold if task.mode == "maximize" else best_value < task.save_threshold))
-    if state == TrialState.FINISHED and task.save_model_to and cb.best_weights is not None and beats:
+    finished = state == TrialState.FINISHED and cb.best_weights is not None
+    shipped = None
+    if finished and (task.measure or task.save_model_to and beats):
         model.set_weights(cb.best_weights)
+        shipped = float32_copy(model, arch)
+    if shipped is not None and task.save_model_to and beats:
         path = Path(task.save_model_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.keras")  # write then rename: a kill never leaves half a model
-        float32_copy(model, arch).save(tmp)
+        shipped.save(tmp)
         tmp.replace(path)
         model_path = str(path)
-    return _result(state, reason, cb, started, model_path=model_path), None
+    result = _result(state, reason, cb, started, model_path=model_path)
+    if shipped is not None and task.measure:
+        try:
+            result.metrics.update(deployed.measure(shipped, splits, task.measure, on=task.measure_on,
+                                                   calibration_samples=task.calibration_samples, seed=task.seed))
+        except Exception as exc:  # a model LiteRT cannot take is no candidate for deployment
+            failure, tb = describe_failure(exc)
+            result.state, result.reason, result.traceback = (
+                TrialState.PRUNED, f"cannot be measured as a TFLite model: {failure}"[:400], tb)
+    return result, None
 
 
 def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("val", "test")) -> dict[str, float]:

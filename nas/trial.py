@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 #: per-epoch metrics, as Keras logs them and as they appear in MLflow curves
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
-#: called after every epoch with (epoch, metrics); returns "continue", "prune", "pause" (stop here with a checkpoint
-#: to continue from if a rung promotes the trial later) or "stop" (search.budget spent)
+#: called after every epoch with (epoch, metrics); returns "continue", "prune" (or "prune: <why>"), "pause" (stop
+#: here with a checkpoint to continue from if a rung promotes the trial later) or "stop" (search.budget spent)
 EpochHook = Callable[[int, dict[str, float]], str]
 
 
@@ -85,6 +85,10 @@ class TrialTask:
     stop_at: float | None = None  # search.budget's deadline (time.time()): training stops at the first batch past it
     checkpoint_to: str | None = None  # write the training state here when the trial pauses or ends its epochs
     resume_from: str | None = None  # continue from this checkpoint (its epoch, weights, optimizer, curve)
+    # measure these on the finished trial's TFLite artifact (nas.deployed): latency_ms, size_kb, int8_val_accuracy
+    measure: tuple[str, ...] = ()
+    measure_on: str = "int8"  # the artifact latency and size are measured on: int8 | float32
+    calibration_samples: int = 200  # training images that calibrate int8 quantization
 
 
 @dataclass

@@ -24,6 +24,7 @@ from nas.errors import InvalidArchitecture, RunDirError, TrackingError
 from nas.space import DataInfo, SearchSpace
 from nas.spec.dims import Choice, describe
 from nas.spec.loader import LoadedSpec
+from nas.spec.model import STATIC_METRICS
 
 SURVEY_SAMPLES = 2000
 
@@ -65,30 +66,54 @@ def survey(space: SearchSpace, data: DataInfo, samples: int = SURVEY_SAMPLES, se
     return Survey(samples, impossible, too_large, smallest, largest, reasons.most_common(3))
 
 
-def _trainable_params(space: SearchSpace, data: DataInfo, params: dict[str, Any]) -> int | None:
+def _trainable_params(space: SearchSpace, data: DataInfo, params: dict[str, Any], metric: str = "params") -> int | None:
     try:
-        p = plan(space.decode(params, data).arch).params
+        shape = plan(space.decode(params, data).arch)
     except InvalidArchitecture:
         return None
     limit = space.spec.space.max_params
-    return None if limit and p > limit else p
+    return None if limit and shape.params > limit else int(getattr(shape, metric))
 
 
-def _extreme(space: SearchSpace, data: DataInfo, start: dict[str, Any], sign: int) -> int:
+def _extreme(space: SearchSpace, data: DataInfo, start: dict[str, Any], sign: int, metric: str = "params") -> int:
     """Coordinate search from the most extreme sample: move one dimension at a time to its end values
     while the model stays trainable. Finds the true extremes of monotone spaces, near them otherwise."""
-    params, best = dict(start), _trainable_params(space, data, start) or 0
+    params, best = dict(start), _trainable_params(space, data, start, metric) or 0
     for _ in range(4):
         improved = False
         for name, d in space.dims.items():
             options = d.values if isinstance(d, Choice) else (d.low, d.high)  # type: ignore[union-attr]
             for value in options:
-                p = _trainable_params(space, data, {**params, name: value})
+                p = _trainable_params(space, data, {**params, name: value}, metric)
                 if p is not None and sign * p > sign * best:
                     params, best, improved = {**params, name: value}, p, True
         if not improved:
             break
     return best
+
+
+def check_static_constraints(loaded: LoadedSpec, space: SearchSpace, data: DataInfo, samples: int = 300) -> None:
+    """search.constraints on params or flops that no model of the space can meet: refused before any training,
+    with the smallest (or largest) value the space reaches."""
+    from nas.errors import NasError
+
+    for metric in STATIC_METRICS:
+        bound = loaded.spec.search.constraints.get(metric)  # type: ignore[call-overload]
+        if bound is None:
+            continue
+        sign = -1 if bound.op in ("<=", "<") else +1
+        rng = random.Random(0)
+        sized = [(v, p) for p in (space.sample(rng) for _ in range(samples))
+                 if (v := _trainable_params(space, data, p, metric)) is not None]
+        if not sized:
+            return  # every shape collapses: `nas validate` says so on its own
+        start = (min if sign < 0 else max)(sized, key=lambda t: t[0])[1]
+        reach = _extreme(space, data, start, sign, metric)
+        if not bound.holds(reach):
+            word = "smallest" if sign < 0 else "largest"
+            raise NasError(f"{loaded.where(f'search.constraints.{metric}')}: no model of this space meets "
+                           f"'{bound}': the {word} trainable one has {reach:,} {metric}; loosen the constraint, or "
+                           f"{'shrink' if sign < 0 else 'grow'} the space (depth, filters, dense units)")
 
 
 def _grouped_rows(space: SearchSpace) -> list[tuple[str, str]]:
@@ -221,6 +246,16 @@ def report(loaded: LoadedSpec, data: DataInfo, description: str, split_sizes: tu
     jit = "auto" if t_spec.jit_compile == "auto" else ("on" if t_spec.jit_compile else "off")
     console.print(f"training: Keras on {t_spec.backend} (in a worker process), precision {t_spec.precision}, "
                   f"XLA {jit}")
+    s_spec = loaded.spec.search
+    if len(s_spec.objectives) > 1 or s_spec.constraints:
+        goals = ", ".join(f"{o.metric} ({o.resolved_direction})" for o in s_spec.objectives)
+        console.print(f"objectives: {goals}; pruner {s_spec.pruner}, sampler {s_spec.sampler}"
+                      + (f"; constraints: {', '.join(f'{m} {b}' for m, b in s_spec.constraints.items())}"
+                         if s_spec.constraints else ""))
+    if s_spec.measured:
+        console.print(f"measured on each finished trial's TFLite {s_spec.measure_on} artifact: "
+                      f"{', '.join(sorted(s_spec.measured))} (seconds per trial, shown as measure_s)")
     for line in outputs:
         console.print(line, soft_wrap=True)  # paths and URIs stay whole, copyable
+    check_static_constraints(loaded, space, data)
     return s

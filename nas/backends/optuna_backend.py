@@ -23,6 +23,7 @@ import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
 from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF
+from nas.backends.pareto import CURVE, ParetoPruner
 from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
 from nas.errors import NasError
 from nas.objective import TrialObjective
@@ -30,7 +31,7 @@ from nas.rundir import RunDir
 from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.loader import flat_keys
-from nas.spec.model import SearchSpec, Spec
+from nas.spec.model import MEASURED_METRICS, SearchSpec, Spec
 from nas.trial import TrialState, tally
 
 DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
@@ -60,6 +61,9 @@ def make_sampler(s: SearchSpec, offset: int = 0, parallel: bool = False) -> optu
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=n0,
                                           constant_liar=parallel)
+    if s.sampler == "nsga2":
+        # generations small enough that a search of search.trials sees several of them
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(4, min(50, s.trials // 4)))
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.sampler == "cmaes":
@@ -80,8 +84,9 @@ def make_pruner(s: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
     # it (the first ones to arrive are pruned there, cheaply, on the rung's subset) and then only its top third.
     # Without a budget the first trial of each rung is promoted, as Optuna does by default.
     bootstrap = BOOTSTRAP if s.budget is not None else 0
-    if s.pruner == "asha":
-        return optuna.pruners.NopPruner()  # nas.backends.asha decides, with pauses that Optuna's pruners lack
+    if s.pruner in ("asha", "pareto"):
+        # nas.backends.asha decides, with pauses that Optuna's pruners lack; nas.backends.pareto, on several objectives
+        return optuna.pruners.NopPruner()
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
     if s.pruner == "successive_halving":
@@ -172,6 +177,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     errors = 0  # trials that failed through an error (not divergence): bounded by max_failed_trials
     stop_reason = "budget"
     asha = make_asha(spec)
+    pareto = ParetoPruner.for_objectives(objectives, s.warmup_epochs, s.startup_trials) \
+        if s.pruner == "pareto" else None
     lock = threading.Lock()  # guards errors, stop_reason, starting and the decision to start a trial
     stop = threading.Event()
     starting = 0  # trials this process decided to start that are not RUNNING in the storage yet
@@ -194,6 +201,10 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         if owner:
             trial.set_user_attr(OWNER, owner)
         params = suggest(trial, space)
+        costs = objective.static_costs(params)
+        for key, value in costs.items():  # before training: peers of the pareto pruner compare them
+            trial.set_user_attr(key, value)
+        curve: dict[str, float] = {}
         if resume_of is not None:  # a promoted paused trial: its curve so far is this trial's too
             parent = study.get_trials(deepcopy=False)[resume_of]
             for step, value in sorted(parent.intermediate_values.items()):
@@ -201,6 +212,11 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         paused_at: list[int] = []
 
         def should_prune(epoch: int, metrics: dict[str, float]) -> bool | str:
+            if pareto is not None:
+                curve[str(epoch)] = metrics.get(pareto.metric, math.nan)
+                trial.set_user_attr(CURVE, curve)
+                why = pareto.decide(study, trial.number, epoch, curve[str(epoch)], costs)
+                return f"prune: {why}" if why else False
             value = metrics.get(objectives[0].metric, math.nan)
             if not math.isfinite(value):
                 return False
@@ -215,13 +231,19 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         tags = {"nas.backend": "optuna", **local.tags}
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
         result = objective(trial.number, params, epochs=spec.train.epochs,
-                           should_prune=should_prune if single else None, tags=tags,
+                           should_prune=should_prune if single or pareto is not None else None, tags=tags,
                            **({"runner": local.runner} if local.runner is not None else {}), **pausing)
         if paused_at and result.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED_AT, paused_at[-1])
-        for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss"):
+        for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss",
+                    *MEASURED_METRICS, "measure_s"):
             if key in result.metrics and math.isfinite(result.metrics[key]):
                 trial.set_user_attr(key, result.metrics[key])
+        # search.constraints as Optuna's samplers take them (tpe, nsga2 and gp steer by them; random and qmc only
+        # record them): each constraint's excess, <= 0 when it holds; a metric a pruned trial never reached, 1
+        for metric, bound in s.constraints.items():
+            value = result.metrics.get(metric, math.nan)
+            trial.set_constraint(metric, bound.excess(value) if math.isfinite(value) else 1.0)
         if result.reason:
             trial.set_user_attr("reason", result.reason)
         trial.set_user_attr(STATE, result.state.value)  # last: with it, `reclaim` can finish the trial from its attrs
@@ -414,6 +436,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append({"trial": t.number, "state": trial_state(t, by), "reason": reason,
                      **{k: v for k, v in t.user_attrs.items() if not k.startswith("nas.") and k != "reason"},
                      **({"continues": t.user_attrs[RESUME_OF]} if RESUME_OF in t.user_attrs else {}),
+                     **({"feasible": all(v <= 0 for v in t.constraints.values())}
+                        if t.constraints and t.state == OptunaState.COMPLETE else {}),
                      **{f"param.{k}": v for k, v in t.params.items()}})
     return rows
 

@@ -67,7 +67,15 @@ def choose(run_dir: Path, trial: int | None) -> ExportSource:
     or from a shared study)."""
     run, loaded, meta = open_run(run_dir)
     why = f"trial {trial}, as asked (--trial)" if trial is not None else ExportSource.chosen
-    if trial is None:
+    rule = loaded.spec.export.select
+    if trial is None and rule != "best":  # knee, or the best by a metric under conditions: from the leaderboard
+        from nas.front import select
+        from nas.leaderboard import frame
+
+        trial, why = select(frame(_rows(run, loaded, meta), loaded.spec.search.objectives), rule,
+                            loaded.spec.search.objectives)
+        why = f"export.select: {why}"
+    elif trial is None:
         shared = _study_winner(run, loaded, meta)
         if shared is not None:
             return shared
@@ -95,6 +103,24 @@ def choose(run_dir: Path, trial: int | None) -> ExportSource:
         raise NasError(f"--trial {trial}: that trial {row['state']} ({row.get('reason', '')}); choose a finished "
                        "or pruned trial")
     return ExportSource(run, loaded, trial, params, meta, chosen=why)
+
+
+def _rows(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every trial's row: from the shared study (machines' trials alike), else from leaderboard.csv."""
+    storage = meta.get("storage")
+    if storage and storage != f"sqlite:///{run.study_db.resolve().as_posix()}" \
+            and loaded.spec.search.backend == "optuna":
+        import optuna
+
+        from nas.backends.optuna_backend import trial_rows
+        from nas.backends.storage import make_storage
+
+        return trial_rows(optuna.load_study(study_name=meta["study_name"], storage=make_storage(storage)))
+    import pandas as pd
+
+    if not run.leaderboard.exists():
+        raise NasError(f"{run.root}: no leaderboard.csv yet; no trial has run in this directory")
+    return [{str(k): v for k, v in row.items()} for row in pd.read_csv(run.leaderboard).to_dict("records")]
 
 
 def candidate(src: ExportSource, info: DataInfo) -> Candidate:

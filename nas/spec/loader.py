@@ -157,7 +157,8 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
 def _is_branch_tag(part: str | int) -> bool:
     """A union-branch name pydantic puts into an error's location (a model class, "function-plain[parse()]"),
     as opposed to a key the user wrote (which may well start with a capital letter)."""
-    return isinstance(part, str) and (part in _MODEL_NAMES or re.match(r"function-[a-z]+\[", part) is not None)
+    return isinstance(part, str) and (part in _MODEL_NAMES
+                                      or re.match(r"(function-[a-z]+|literal)\[", part) is not None)
 
 
 def _message(err: ErrorDetails, path: str, lines: dict[Loc, int]) -> str:
@@ -168,6 +169,13 @@ def _message(err: ErrorDetails, path: str, lines: dict[Loc, int]) -> str:
     where = f"{path}:{line}" if line else path
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind, msg = err["type"], err["msg"]
+    if loc and loc[-1] == "[key]":  # a mapping whose keys are metric names: the key itself is wrong
+        loc, dotted = loc[:-1], ".".join(str(p) for p in loc[:-1])
+        expected = err.get("ctx", {}).get("expected", "")
+        hint = did_you_mean(err["input"], [o.strip(" '") for o in expected.replace(" or ", ", ").split(",")]) \
+            if isinstance(err.get("input"), str) else ""
+        return (f"{where}: {dotted}: {shown(err.get('input'))} is not a metric nas measures on every trial; use one "
+                f"of {expected}.{hint}")
     if kind == "extra_forbidden":
         owner = _model_at(loc[:-1])
         valid = list(owner.model_fields) if owner else []
@@ -232,6 +240,8 @@ def _close_keys(loc: Loc) -> list[str]:
 def _is_losing_union_branch(err: ErrorDetails) -> bool:
     """`filters` is a number form or a {base, growth} mapping: report only the branch the input aimed at."""
     tagged = [p for p in err["loc"] if _is_branch_tag(p)]
+    if tagged and err["type"] == "literal_error" and isinstance(err.get("input"), dict):
+        return True  # `export.select: {...}` aimed at the mapping form, not at best | knee
     return bool(tagged) and err["type"] == "model_type"
 
 
@@ -244,7 +254,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         raise SpecError(path, [f"{path}: expected a YAML mapping with sections name, data, space, ... but the file "
                                f"holds {type(data).__name__}; start from search_spaces/digits.yaml"])
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
     except ValidationError as exc:
         errors = [e for e in exc.errors() if not _is_losing_union_branch(e)]
         # `spaec:` both is unknown and leaves `space` missing: the did-you-mean on the typo says it all
@@ -253,6 +263,28 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
         errors = [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in typos)]
         problems = list(dict.fromkeys(_message(e, path, lines) for e in errors))  # dedupe, keep order
         raise SpecError(path, problems) from None
+    problems = _across_sections(spec, path, lines)
+    if problems:
+        raise SpecError(path, problems)
+    return spec
+
+
+def _across_sections(spec: Spec, path: str, lines: dict[Loc, int]) -> list[str]:
+    """Rules between sections, which pydantic's per-section models cannot name a key for."""
+    def at(*loc: str | int) -> str:
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        return f"{path}:{line}" if line else path
+
+    problems = []
+    measured = spec.search.measured
+    if measured and spec.train.backend != "tensorflow":
+        first = sorted(measured)[0]
+        key = ("search", "constraints", first) if first in spec.search.constraints else ("search", "objectives")
+        problems.append(f"{at(*key)}: {'.'.join(map(str, key))}: {', '.join(sorted(measured))} "
+                        f"{'is' if len(measured) == 1 else 'are'} measured on each trial's TFLite artifact, which "
+                        f"TensorFlow converts, but train.backend is {spec.train.backend!r}; set `train.backend: "
+                        "tensorflow`, or optimize val_accuracy, params and flops")
+    return problems
 
 
 def load_spec(path: str | Path) -> LoadedSpec:

@@ -7,9 +7,10 @@ rejected (`extra="forbid"`) so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from nas.spec.dims import Dim, _Rule, default, dim, shown
 
@@ -25,7 +26,15 @@ METRICS: dict[str, Direction] = {  # objective metric -> natural direction
     "val_loss": "minimize",
     "params": "minimize",
     "flops": "minimize",
+    "latency_ms": "minimize",
+    "size_kb": "minimize",
+    "int8_val_accuracy": "maximize",
 }
+#: known before training, from the architecture alone: a constraint on them rejects a candidate untrained
+STATIC_METRICS = ("params", "flops")
+#: measured after training on the trial's TFLite artifact (finished trials only; see nas.deployed)
+MEASURED_METRICS = ("latency_ms", "size_kb", "int8_val_accuracy")
+MetricName = Literal["val_accuracy", "val_loss", "params", "flops", "latency_ms", "size_kb", "int8_val_accuracy"]
 
 
 class Section(BaseModel):
@@ -154,8 +163,44 @@ class TrainSpec(Section):
                     "cannot compile trains without it, noted in its MLflow run (nas.jit_compile)")
 
 
+@dataclass(frozen=True)
+class Bound:
+    """A constraint's comparison, e.g. `<= 0.5`."""
+
+    op: Literal["<=", ">=", "<", ">"]
+    value: float
+
+    def holds(self, x: float) -> bool:
+        return {"<=": x <= self.value, ">=": x >= self.value, "<": x < self.value, ">": x > self.value}[self.op]
+
+    def excess(self, x: float) -> float:
+        """How far `x` is past the bound: <= 0 when it holds (a strict bound met exactly counts as a tiny excess),
+        the form Optuna's samplers take constraints in."""
+        over = x - self.value if self.op in ("<=", "<") else self.value - x
+        return over if over != 0 or self.op in ("<=", ">=") else 1e-12
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+_BOUND = re.compile(r"\s*(<=|>=|<|>)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+def _bound(raw: Any) -> Any:
+    if isinstance(raw, Bound):
+        return raw
+    m = _BOUND.fullmatch(raw) if isinstance(raw, str) else None
+    if m is None:
+        raise ValueError(f"expected a comparison such as '<= 0.5' or '>= 0.9' (one of <=, >=, <, > and a number, "
+                         f"quoted in YAML), got {shown(raw)}")
+    return Bound(m.group(1), float(m.group(2)))  # type: ignore[arg-type]
+
+
+Constraint = Annotated[Bound, BeforeValidator(_bound), PlainSerializer(str)]
+
+
 class Objective(Section):
-    metric: Literal["val_accuracy", "val_loss", "params", "flops"]
+    metric: MetricName
     direction: Direction | None = None
 
     @model_validator(mode="before")
@@ -192,10 +237,13 @@ class SearchSpec(Section):
         None, exclude_if=lambda v: v is None, description="keras-tuner: hyperband (default) | bayesian | random")
     hyperband: HyperbandSpec | None = Field(
         None, exclude_if=lambda v: v is None, description="keras-tuner hyperband: {max_epochs, factor}")
-    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = "tpe"
-    pruner: Literal["asha", "median", "successive_halving", "hyperband", "none"] = Field(
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2"] = Field(
+        "tpe", description="tpe | random | cmaes (one objective) | gp | qmc | nsga2 (several objectives)")
+    pruner: Literal["asha", "median", "successive_halving", "hyperband", "pareto", "none"] = Field(
         "median", description="asha: pause trials at rungs (epochs 1, 3, 9, ...) and continue the top third from "
-                              "their checkpoints | median | successive_halving | hyperband | none")
+                              "their checkpoints | median | successive_halving | hyperband | pareto: prune a trial "
+                              "less accurate than the median of peers no larger (params and FLOPs) at the same epoch, "
+                              "the default with several objectives | none")
     trials: int = Field(20, ge=1, description="trials to finish (finished, pruned or diverged; a trial that errors "
                                               "gets a replacement); a rerun resumes up to this. "
                         "keras-tuner hyperband: an optional cap (its trial count follows hyperband.max_epochs and "
@@ -211,6 +259,13 @@ class SearchSpec(Section):
                                     "its worker; the search goes on")
     seed: int = Field(0, ge=0)
     objectives: list[Objective] = Field(default_factory=lambda: [Objective(metric="val_accuracy")], min_length=1)
+    constraints: dict[MetricName, Constraint] = Field(
+        default_factory=dict, exclude_if=lambda v: not v,
+        description="e.g. {latency_ms: '<= 0.5', params: '<= 200000'}: params and flops reject a candidate before "
+                    "training; measured ones steer the sampler (tpe, nsga2, gp) and mark trials feasible or not")
+    measure_on: Literal["int8", "float32"] = Field(
+        "int8", exclude_if=lambda v: v == "int8",
+        description="the TFLite artifact latency_ms and size_kb are measured on (int8_val_accuracy: always int8)")
     startup_trials: int = Field(5, ge=0, description="trials sampled at random before the sampler and pruner kick in")
     warmup_epochs: int = Field(1, ge=0, description="epochs a trial runs before it can be pruned")
     max_failed_trials: int = Field(10, ge=1, description="stop the search after this many trials failed with an error")
@@ -224,7 +279,15 @@ class SearchSpec(Section):
     def _default_algorithm(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and raw.get("backend") == "keras-tuner" and "algorithm" not in raw:
             return {**raw, "algorithm": "hyperband"}
+        if isinstance(raw, dict) and "pruner" not in raw and isinstance(raw.get("objectives"), list) \
+                and len(raw["objectives"]) > 1:
+            return {**raw, "pruner": "pareto"}  # the one pruner that works with several objectives
         return raw
+
+    @property
+    def measured(self) -> set[str]:
+        """The metrics measured on each finished trial's TFLite artifact that objectives or constraints need."""
+        return {m for m in [*(o.metric for o in self.objectives), *self.constraints] if m in MEASURED_METRICS}
 
     @model_validator(mode="after")
     def _backend_rules(self) -> SearchSpec:
@@ -252,18 +315,22 @@ class SearchSpec(Section):
         if len(self.objectives) > 1:
             raise ValueError(f"backend keras-tuner optimizes one objective, but {len(self.objectives)} are set; keep "
                              "one, or use `backend: optuna` for a multi-objective search")
+        if self.constraints or self.measured:
+            what = "search.constraints" if self.constraints else f"objective {sorted(self.measured)[0]}"
+            raise ValueError(f"{what} needs backend optuna (keras-tuner optimizes val_accuracy, val_loss, params or "
+                             "flops, without constraints); set `backend: optuna`")
         return self
 
     @model_validator(mode="after")
     def _multi_objective_rules(self) -> SearchSpec:
         if len(self.objectives) > 1:
-            if self.pruner != "none":
+            if self.pruner not in ("pareto", "none"):
                 raise ValueError(
                     f"pruner {self.pruner!r} needs a single objective, but {len(self.objectives)} objectives are set; "
-                    "set `pruner: none` for a multi-objective search"
+                    "set `pruner: pareto` (the default with several objectives) or `pruner: none`"
                 )
             if self.sampler == "cmaes":
-                raise ValueError("sampler 'cmaes' is single-objective; use tpe, random, gp or qmc for several "
+                raise ValueError("sampler 'cmaes' is single-objective; use tpe, nsga2, random, gp or qmc for several "
                                  "objectives")
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
@@ -285,10 +352,33 @@ EXPORT_FORMATS: tuple[ExportFormat, ...] = (
 )
 
 
+class SelectRule(Section):
+    """Pick the trial to export: the best by one metric among trials that meet `where`."""
+
+    maximize: MetricName | None = None
+    minimize: MetricName | None = None
+    where: dict[MetricName, Constraint] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> SelectRule:
+        if (self.maximize is None) == (self.minimize is None):
+            raise ValueError("export.select needs exactly one of `maximize: <metric>` or `minimize: <metric>`, e.g. "
+                             "{maximize: val_accuracy, where: {latency_ms: '<= 1.0'}}")
+        return self
+
+    @property
+    def metric(self) -> str:
+        return str(self.maximize or self.minimize)
+
+
 class ExportSpec(Section):
     """The winner made deployable: retrain on train+val, prune, quantize, export, measure (`nas export`)."""
 
     after_search: bool = Field(False, description="run the export when `nas search` completes")
+    select: Literal["best", "knee"] | SelectRule = Field(
+        "best", exclude_if=lambda v: v == "best",
+        description="which trial: best (by the first objective) | knee (of the Pareto front: the trial farthest from "
+                    "the line between the front's ends) | {maximize|minimize: <metric>, where: {<metric>: '<= x'}}")
     retrain_epochs: int | None = Field(None, ge=1, description="epochs on train+val; default train.epochs")
     sparsity: float = Field(0.5, ge=0, lt=1, description="target zero share of Conv2D/Dense kernels; 0 skips pruning")
     finetune_epochs: int = Field(4, ge=1,
@@ -321,4 +411,3 @@ class Spec(Section):
     export: ExportSpec = ExportSpec()
     report: bool = Field(True, description="write runs/<name>/report/index.html when the search completes "
                                            "(`nas report` writes it any time)")
-

@@ -1,0 +1,63 @@
+"""What a trial's model costs where it ships, measured in the worker right after the trial finishes.
+
+The model at its best epoch is exported and converted to TFLite as `nas export` does (int8 calibrated on
+training images, or float32: `search.measure_on`), then run in LiteRT: `latency_ms` is the batch-1 median
+after warm-up, `size_kb` the gzipped artifact (what a download or a flash image costs), `int8_val_accuracy`
+the int8 artifact's accuracy on the validation split, so a search can prefer architectures that survive
+quantization. Pruned and failed trials never pay for it; `measure_s` says what it cost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+import time
+from collections.abc import Collection
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from nas.data.splits import Splits
+
+LATENCY_RUNS = 100  # timed batch-1 invocations per trial (after 10 warm-up runs); the export times more
+
+
+def measure(model: keras.Model, splits: Splits, need: Collection[str], *, on: str = "int8",
+            calibration_samples: int = 200, seed: int = 0) -> dict[str, float]:
+    """`model` (float32, best weights) -> the measured metrics in `need` (and what else its artifacts give for
+    free), plus measure_s."""
+    from nas.export.convert import export_saved_model, to_tflite
+    from nas.export.measure import _latency, _Tflite
+
+    started = time.perf_counter()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="nas-measure-") as tmp:
+        saved = export_saved_model(model, Path(tmp))
+        int8 = None
+        if on == "int8" or "int8_val_accuracy" in need:
+            int8 = to_tflite(saved, "tflite-int8", Path(tmp), calibration=splits.train.x,
+                             samples=calibration_samples, seed=seed)
+        target = int8 if on == "int8" and int8 is not None else to_tflite(saved, "tflite-float32", Path(tmp))
+        out["size_kb"] = len(gzip.compress(target.read_bytes(), compresslevel=9)) / 1024
+        one = _Tflite(target, 1)
+        out["latency_ms"] = _latency(one.run, one.prepare(splits.val.x.astype("float32")), LATENCY_RUNS)
+        if int8 is not None:
+            out["int8_val_accuracy"] = _accuracy(int8, splits.val.x, splits.val.y)
+    out["measure_s"] = time.perf_counter() - started
+    return out
+
+
+def _accuracy(path: Path, x: np.ndarray, y: np.ndarray, batch: int = 250) -> float:
+    from nas.export.measure import _Tflite
+
+    full = len(x) - len(x) % batch
+    right = 0
+    if full:
+        many = _Tflite(path, batch)
+        right += sum(int((many(x[i : i + batch].astype("float32")).argmax(axis=1) == y[i : i + batch]).sum())
+                     for i in range(0, full, batch))
+    if full < len(x):
+        rest = _Tflite(path, len(x) - full)
+        right += int((rest(x[full:].astype("float32")).argmax(axis=1) == y[full:]).sum())
+    return right / len(y)
