@@ -10,6 +10,7 @@ quantization. Pruned and failed trials never pay for it; `measure_s` says what i
 from __future__ import annotations
 
 import gzip
+import os
 import tempfile
 import time
 from collections.abc import Collection
@@ -28,7 +29,7 @@ def measure(model: keras.Model, splits: Splits, need: Collection[str], *, on: st
     """`model` (float32, best weights) -> the measured metrics in `need` (and what else its artifacts give for
     free), plus measure_s."""
     from nas.export.convert import export_saved_model, to_tflite
-    from nas.export.measure import _latency, _Tflite
+    from nas.export.measure import THREADS, _latency, _Tflite
 
     started = time.perf_counter()
     out: dict[str, float] = {}
@@ -40,7 +41,8 @@ def measure(model: keras.Model, splits: Splits, need: Collection[str], *, on: st
                              samples=calibration_samples, seed=seed)
         target = int8 if on == "int8" and int8 is not None else to_tflite(saved, "tflite-float32", Path(tmp))
         out["size_kb"] = len(gzip.compress(target.read_bytes(), compresslevel=9)) / 1024
-        one = _Tflite(target, 1)
+        # every core, as the export manifest measures; a --workers worker its share of them (nas.parallel)
+        one = _Tflite(target, 1, threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or THREADS)
         out["latency_ms"] = _latency(one.run, one.prepare(splits.val.x.astype("float32")), LATENCY_RUNS)
         if int8 is not None:
             out["int8_val_accuracy"] = _accuracy(int8, splits.val.x, splits.val.y)

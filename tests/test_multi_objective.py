@@ -261,3 +261,12 @@ def test_a_two_objective_search_measures_constrains_marks_the_front_and_exports_
     best = json.loads((tmp_path / "runs" / "front" / "best" / "trial.json").read_text())
     assert best["metrics"]["size_kb"] <= size  # best/ holds the best trial that meets the constraints
     assert best["trial"] == src.trial
+
+
+def test_export_select_on_a_metric_the_search_does_not_measure_is_refused() -> None:
+    message = spec_error("export:\n  select:\n    maximize: val_accuracy\n    where: {latency_ms: '<= 1.0'}\n")
+    assert "x.yaml:7: export.select.where.latency_ms: latency_ms is not measured in this search" in message
+    message = spec_error("export:\n  select: {minimize: size_kb}\n")
+    assert "x.yaml:5: export.select.minimize: size_kb is not measured in this search" in message
+    ok = parse_spec(BASE + "search:\n  constraints: {latency_ms: '<= 1'}\nexport:\n  select: {minimize: size_kb}\n")
+    assert isinstance(ok.export.select, SelectRule)  # int8 artifacts give size and int8 accuracy alongside

@@ -201,7 +201,7 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         if owner:
             trial.set_user_attr(OWNER, owner)
         params = suggest(trial, space)
-        costs = objective.static_costs(params)
+        costs = objective.static_costs(params) if pareto is not None else {}
         for key, value in costs.items():  # before training: peers of the pareto pruner compare them
             trial.set_user_attr(key, value)
         curve: dict[str, float] = {}

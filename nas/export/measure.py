@@ -66,10 +66,10 @@ def measure_saved_model(path: Path, x: np.ndarray, y: np.ndarray, reference: np.
 class _Tflite:
     """A LiteRT interpreter that takes float raw pixels and handles int8 I/O quantization itself."""
 
-    def __init__(self, path: Path, batch: int):
+    def __init__(self, path: Path, batch: int, threads: int = THREADS):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=THREADS)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         inp = self.interpreter.get_input_details()[0]
         if batch != inp["shape"][0]:
             self.interpreter.resize_tensor_input(inp["index"], [batch, *inp["shape"][1:]])

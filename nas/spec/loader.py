@@ -284,6 +284,19 @@ def _across_sections(spec: Spec, path: str, lines: dict[Loc, int]) -> list[str]:
                         f"{'is' if len(measured) == 1 else 'are'} measured on each trial's TFLite artifact, which "
                         f"TensorFlow converts, but train.backend is {spec.train.backend!r}; set `train.backend: "
                         "tensorflow`, or optimize val_accuracy, params and flops")
+    rule = spec.export.select
+    if not isinstance(rule, str):  # export.select on a metric the search never measures could never match
+        recorded = {"val_accuracy", "val_loss", "params", "flops"}
+        if measured:
+            recorded |= {"latency_ms", "size_kb"} | measured
+            recorded |= {"int8_val_accuracy"} if spec.search.measure_on == "int8" else set()
+        asked = [("maximize" if rule.maximize else "minimize", rule.metric), *(("where", m) for m in rule.where)]
+        for goal, metric in asked:
+            if metric not in recorded:
+                loc = ("export", "select", goal) if goal != "where" else ("export", "select", "where", metric)
+                problems.append(f"{at(*loc)}: {'.'.join(loc)}: {metric} is not measured in this search; add it to "
+                                "search.objectives or search.constraints (measured metrics are measured on every "
+                                "finished trial then), or select on val_accuracy, val_loss, params or flops")
     return problems
 
 
