@@ -72,7 +72,8 @@ Stages = tuple[tuple[int, float], ...]
 
 def rung_epochs(pruner: str, warmup_epochs: int, epochs: int) -> list[int]:
     """The epochs at which the pruner thins the field: ASHA, successive halving (and each Hyperband bracket) at
-    1, 3, 9, ... from warmup_epochs; the median pruner, modelled as one cut at its first epoch after warm-up."""
+    1, 3, 9, ... from warmup_epochs; the median and pareto pruners, modelled as one cut at their first epoch after
+    warm-up."""
     first = min(max(1, warmup_epochs), epochs)
     if pruner in ("asha", "successive_halving", "hyperband"):
         r, out = first, []
@@ -80,7 +81,7 @@ def rung_epochs(pruner: str, warmup_epochs: int, epochs: int) -> list[int]:
             out.append(r)
             r *= 3
         return [*out, epochs]
-    if pruner == "median" and first < epochs:
+    if pruner in ("median", "pareto") and first < epochs:
         return [first, epochs]
     return [epochs]
 
@@ -166,8 +167,9 @@ class BudgetPlan:
 
     @property
     def keep(self) -> int:
-        """1 in `keep` of the trials at a rung goes on: a third under successive halving, half under the median."""
-        return 2 if self.pruner == "median" else 3
+        """1 in `keep` of the trials at a rung goes on: a third under successive halving, half under the median (the
+        pareto pruner's median is over smaller peers only: at most half are cut)."""
+        return 2 if self.pruner in ("median", "pareto") else 3
 
     def _share_at(self, epoch: int) -> float:
         return next(share for end, share in self._stages() if epoch <= end)

@@ -2,12 +2,12 @@
 
 A multi-objective search trades accuracy for cost, so a small model must never be pruned for being less
 accurate than a large one (and Optuna's own pruners refuse multi-objective studies). The rule: at each epoch
-after search.warmup_epochs, a trial is compared only with the trials that are no larger in every cost known
-before training (parameters and FLOPs, which also stand in for latency and size, measured only when a trial
-finishes). It is pruned when its accuracy objective at that epoch is worse than the median of theirs at the same
-epoch, once at least MIN_PEERS of them got there (finished, pruned or still running: promotion-free and
-asynchronous, so parallel workers do not wait on each other). The cheapest trial so far has no peers and always
-trains on; a large trial that trails cheaper ones is stopped.
+from search.warmup_epochs on (as Optuna's median pruner), a trial is compared only with the trials that are
+no larger in every cost known before training (parameters and FLOPs, which also stand in for latency and size,
+measured only when a trial finishes). It is pruned when its accuracy objective at that epoch is worse than the
+median of theirs at the same epoch, once at least MIN_PEERS of them got there (finished, pruned or still
+running: promotion-free and asynchronous, so parallel workers do not wait on each other). The cheapest trial
+so far has no peers and always trains on; a large trial that trails cheaper ones is stopped.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class ParetoPruner:
 
     def decide(self, study: optuna.Study, number: int, epoch: int, value: float, costs: dict[str, float]) -> str | None:
         """The reason to prune trial `number` at `epoch`, or None to let it train on."""
-        if epoch <= self.warmup_epochs or not math.isfinite(value) or not costs:
+        if epoch < max(1, self.warmup_epochs) or not math.isfinite(value) or not costs:
             return None
         trials = study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.PRUNED,
                                                             OptunaState.RUNNING))

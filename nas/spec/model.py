@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema, model_validator
 
 from nas.spec.dims import Dim, _Rule, default, dim, shown
 
@@ -196,7 +196,9 @@ def _bound(raw: Any) -> Any:
     return Bound(m.group(1), float(m.group(2)))  # type: ignore[arg-type]
 
 
-Constraint = Annotated[Bound, BeforeValidator(_bound), PlainSerializer(str)]
+Constraint = Annotated[Bound, BeforeValidator(_bound), PlainSerializer(str), WithJsonSchema(
+    {"type": "string", "pattern": r"^\s*(<=|>=|<|>)\s*[-+]?[0-9.]+([eE][-+]?[0-9]+)?\s*$", "examples": ["<= 0.5"],
+     "description": "a comparison: <=, >=, < or > and a number"})]
 
 
 class Objective(Section):
