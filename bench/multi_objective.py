@@ -9,7 +9,7 @@
 
 Needs the data: `make data`. Runs one search at a time; give it a quiet machine.
 
-    .venv/bin/python bench/multi_objective.py [--budget 8m] [--skip pruning|int8]
+    .venv/bin/python bench/multi_objective.py [--budget 8m] [--skip pruning|int8] [--out DIR]
 """
 
 from __future__ import annotations
@@ -64,10 +64,13 @@ def nas(*args: str) -> float:
 
 
 def search(tmp: Path, name: str, objectives: str, pruner: str, budget: str) -> tuple[pd.DataFrame, float]:
-    spec = tmp / f"{name}.yaml"
-    spec.write_text(SPEC.format(name=name, data=DATA, objectives=objectives, pruner=pruner, budget=budget))
-    wall = nas("search", str(spec), "--runs-dir", str(tmp / "runs"))
-    return pd.read_csv(tmp / "runs" / name / "leaderboard.csv"), wall
+    """One search (reused when `tmp` already holds it: --out keeps runs for a second look)."""
+    board, timing = tmp / "runs" / name / "leaderboard.csv", tmp / f"{name}.wall"
+    if not (board.exists() and timing.exists()):
+        spec = tmp / f"{name}.yaml"
+        spec.write_text(SPEC.format(name=name, data=DATA, objectives=objectives, pruner=pruner, budget=budget))
+        timing.write_text(str(nas("search", str(spec), "--runs-dir", str(tmp / "runs"))))
+    return pd.read_csv(board), float(timing.read_text())
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -120,7 +123,8 @@ def int8(tmp: Path, budget: str) -> None:
         name = f"q_{objective}"
         df, wall = search(tmp, name, f"[{objective}]", "median", budget)
         done = df[df["state"] == "finished"]
-        nas("export", str(tmp / "runs" / name))
+        if not (tmp / "runs" / name / "export" / "manifest.json").exists():
+            nas("export", str(tmp / "runs" / name))
         manifest = json.loads((tmp / "runs" / name / "export" / "manifest.json").read_text())
         art = manifest["artifacts"]
         rows.append({"searched on": objective, "trials finished": len(done), "winner": manifest["source"]["trial"],
@@ -136,14 +140,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", default="8m")
     ap.add_argument("--skip", choices=["pruning", "int8"], action="append", default=[])
+    ap.add_argument("--out", type=Path, help="keep the runs here (a rerun with the same --out reuses them)")
     args = ap.parse_args()
     if not (DATA / "train-images-idx3-ubyte.gz").exists():
         raise SystemExit(f"no Fashion-MNIST in {DATA}; run `make data` first")
-    with tempfile.TemporaryDirectory(prefix="nas-bench-mo-") as tmp:
-        if "pruning" not in args.skip:
-            pruning(Path(tmp), args.budget)
-        if "int8" not in args.skip:
-            int8(Path(tmp), args.budget)
+    out = args.out or Path(tempfile.mkdtemp(prefix="nas-bench-mo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"runs in {out}")
+    if "pruning" not in args.skip:
+        pruning(out, args.budget)
+    if "int8" not in args.skip:
+        int8(out, args.budget)
 
 
 if __name__ == "__main__":

@@ -461,10 +461,10 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
     df = s.save_leaderboard()
     counts = s.backend.counts()
     finished = counts[TrialState.FINISHED]
-    if "pareto" in df:  # several objectives: the front's runs can be filtered in MLflow (tags.nas.pareto = 'true')
-        s.tracker.tag_trials({int(r.trial): {"nas.pareto": "true" if r.pareto else "false"}
-                              for r in df.itertuples() if r.state == "finished"})
     try:
+        if "pareto" in df:  # several objectives: the front's runs can be filtered in MLflow (tags.nas.pareto)
+            s.tracker.tag_trials({int(r.trial): {"nas.pareto": "true" if r.pareto else "false"}
+                                  for r in df.itertuples() if r.state == "finished"})
         best_trial, best_metrics = _measure_best(run_dir, s.runner, spec, s.loaded.hash, s.description, s.tracker,
                                                  console)
     finally:

@@ -285,6 +285,9 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
             failure, tb = describe_failure(exc)
             result.state, result.reason, result.traceback = (
                 TrialState.PRUNED, f"cannot be measured as a TFLite model: {failure}"[:400], tb)
+            if model_path:  # so it never becomes best/
+                Path(model_path).unlink(missing_ok=True)
+                result.model_path = None
     return result, None
 
 

@@ -7,6 +7,7 @@ itself runs Keras on TensorFlow); one worker per framework is shared by this mod
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -287,3 +288,55 @@ print("tensorflow modules", len([m for m in sys.modules if m.split(".")[0] == "t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorflow modules 0" in proc.stdout, proc.stdout
     assert float(proc.stdout.split("test_accuracy ")[1].split()[0]) > 0.2
+
+
+# Imported first by every Python process started with this folder on PYTHONPATH: `import tensorflow` fails as if
+# TensorFlow were not installed (as on a JAX or PyTorch GPU machine).
+NO_TENSORFLOW = '''
+import importlib.abc, importlib.machinery, sys
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, self) if name.split(".")[0] == "tensorflow" else None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _NoTensorFlow())
+'''
+
+
+@pytest.mark.slow
+def test_export_without_tensorflow_gives_keras_and_onnx_and_says_what_needs_tensorflow(tiny_spec,
+                                                                                      tmp_path: Path) -> None:
+    spec = tiny_spec(name="notf", trials=1, epochs=2)
+    spec.write_text(spec.read_text().replace("train:\n", "train:\n  backend: torch\n"))
+    proc = subprocess.run([sys.executable, "-m", "nas", "search", str(spec), "--runs-dir", str(tmp_path / "runs")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    blocker = tmp_path / "no_tensorflow"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "COLUMNS": "200"}
+    check = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
+    assert "No module named 'tensorflow'" in check.stderr  # the blocker works
+
+    run = tmp_path / "runs" / "notf"
+    proc = subprocess.run([sys.executable, "-m", "nas", "export", str(run), "--formats", "keras,onnx,tflite-int8",
+                           "--sparsity", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "skipped tflite-int8: they need TensorFlow, which is not installed here; pip install" in proc.stdout
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    art = manifest["artifacts"]
+    assert art["keras"]["status"] == "ok" and art["onnx"]["status"] == "ok", art
+    assert art["onnx"]["runtime"] == "onnxruntime" and art["onnx"]["top1_agreement"] > 0.95  # parity with Keras
+    assert art["tflite-int8"]["status"] == "skipped" and "needs TensorFlow" in art["tflite-int8"]["error"]
+    assert (run / "export" / "model.keras").exists() and (run / "export" / "model.onnx").exists()
+    assert manifest["training"]["framework"] == "torch"
+    assert "test_accuracy_reloaded_on_tensorflow" not in manifest["training"]

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
 import optuna
 import pandas as pd
 import pytest
@@ -272,3 +274,30 @@ def test_export_select_on_a_metric_the_search_does_not_measure_is_refused() -> N
     assert "x.yaml:5: export.select.minimize: size_kb is not measured in this search" in message
     ok = parse_spec(BASE + "search:\n  constraints: {latency_ms: '<= 1'}\nexport:\n  select: {minimize: size_kb}\n")
     assert isinstance(ok.export.select, SelectRule)  # int8 artifacts give size and int8 accuracy alongside
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_measured_is_pruned_with_the_reason_and_never_becomes_best(
+        tmp_path: Path, tiny_spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nas.deployed
+    from rich.console import Console
+
+    from nas.search import SearchOptions, run
+
+    def unconvertible(*args: Any, **kwargs: Any) -> dict[str, float]:
+        raise RuntimeError("ConverterError: op FlexFoo is neither a custom op nor a flex op")
+
+    monkeypatch.setattr(nas.deployed, "measure", unconvertible)
+    spec = tiny_spec(name="unmeasured", epochs=1, trials=2, extra="""\
+      objectives: [val_accuracy, size_kb]
+      isolate_trials: false
+    tracking: {enabled: false}
+    report: false
+    """)
+    with pytest.raises(NasError, match="no trial finished"):
+        run(spec, SearchOptions(runs_dir=tmp_path / "runs"), Console(file=io.StringIO(), width=200))
+    df = pd.read_csv(tmp_path / "runs" / "unmeasured" / "leaderboard.csv")
+    assert list(df["state"]) == ["pruned", "pruned"]
+    assert df["reason"].str.startswith("cannot be measured as a TFLite model: RuntimeError: ConverterError").all()
+    assert not (tmp_path / "runs" / "unmeasured" / "best" / "model.keras").exists()
+    assert not list((tmp_path / "runs" / "unmeasured" / ".pending").glob("*.keras"))

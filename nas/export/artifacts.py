@@ -18,10 +18,21 @@ from nas.tf_setup import silenced_stderr
 RUNTIMES = {"keras": "keras", "saved_model": "tensorflow (serving signature)", "onnx": "onnxruntime"}
 
 
+#: what an export skips where TensorFlow is not installed (a JAX or PyTorch machine): the SavedModel and TFLite
+NEEDS_TENSORFLOW = ("saved_model", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")
+
+
 def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np.ndarray, x_test: np.ndarray,
-                    y_test: np.ndarray, cfg: Any, seed: int, console: Console
+                    y_test: np.ndarray, cfg: Any, seed: int, console: Console, tensorflow: bool = True
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every format in `formats`, measured. Without `tensorflow` (installed), those that need it are recorded as
+    skipped, with how to get them, and the rest are made on the model's own framework."""
     from nas.export.pipeline import _digest
+
+    skipped = {f: {"status": "skipped", "error": "needs TensorFlow, which is not installed here; pip install "
+                   "tensorflow==2.21.0 and rerun `nas export` (or export on a machine that has it)"}
+               for f in formats if not tensorflow and f in NEEDS_TENSORFLOW}
+    formats = tuple(f for f in formats if f not in skipped)
 
     runs = cfg.latency_runs
     with console.status("measuring the Keras model"), silenced_stderr():
@@ -75,7 +86,9 @@ def build_artifacts(model: Any, formats: tuple[str, ...], out: Path, x_calib: np
     if "onnx" in formats:
         record("onnx", lambda: convert.to_onnx(model, out),
                lambda p: measure.measure_onnx(p, x_test, y_test, ref.predictions, runs))
+    results.update(skipped)
+    called = "through tf.function" if tensorflow else "directly (no TensorFlow here)"
     reference = {"test_accuracy": ref.test_accuracy, "latency_ms_median": round(ref.latency_ms_median, 4),
-                 "note": "the float Keras model in memory, called through tf.function, batch 1; top1_agreement "
+                 "note": f"the float Keras model in memory, called {called}, batch 1; top1_agreement "
                          "and latency ratios in this manifest are against it"}
     return results, reference

@@ -6,6 +6,7 @@ Quantization goes through the TFLite converter from an exported SavedModel, beca
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def to_tflite(saved_model: Path, mode: str, out: Path, *, calibration: np.ndarra
 
 
 def to_onnx(model: keras.Model, out: Path, opset: int = 17) -> Path:
+    if keras.backend.backend() != "tensorflow":  # without TensorFlow: Keras' own exporter (torch.onnx, jax2onnx)
+        path = out / "model.onnx"
+        if keras.backend.backend() == "jax" and importlib.util.find_spec("jax2onnx") is None:
+            raise RuntimeError("ONNX from a JAX model needs TensorFlow (tf2onnx) or jax2onnx, and neither is "
+                               "installed; pip install tensorflow==2.21.0")
+        with silenced_stderr():
+            model.export(str(path), format="onnx", verbose=False, opset_version=opset)
+        return path
     import tensorflow as tf
     import tf2onnx
 

@@ -45,9 +45,14 @@ def _measurement(pred: np.ndarray, y: np.ndarray, reference: np.ndarray | None, 
 
 
 def measure_keras(model, x: np.ndarray, y: np.ndarray, runs: int) -> Measurement:  # type: ignore[no-untyped-def]
-    import tensorflow as tf
+    import keras
 
     pred = model.predict(x.astype("float32"), batch_size=256, verbose=0).argmax(axis=1)
+    if keras.backend.backend() != "tensorflow":  # JAX or PyTorch, where TensorFlow is not installed
+        latency = _latency(lambda s: model(s.astype("float32"), training=False), x, runs)
+        return _measurement(pred, y, None, latency)
+    import tensorflow as tf
+
     serve = tf.function(lambda t: model(t, training=False))  # the fastest plain-Keras batch-1 path
     latency = _latency(lambda s: serve(tf.constant(s, tf.float32)), x, runs)
     return _measurement(pred, y, None, latency)

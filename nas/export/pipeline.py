@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import platform
@@ -106,6 +107,31 @@ def retrain(cand: Any, x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray,
     return float32_copy(model, cand.arch), training, report
 
 
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow imports here: the SavedModel and TFLite need it, JAX and PyTorch trials do not."""
+    if importlib.util.find_spec("tensorflow") is None:
+        return False
+    try:
+        with silenced_stderr():
+            import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def retrain_and_export(out: str, formats: tuple[str, ...], cand: Any, x_all: np.ndarray, y_all: np.ndarray,
+                       x_test: np.ndarray, y_test: np.ndarray, epochs: int, seed: int, sparsity: float,
+                       cfg: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """`retrain`, then every format this framework makes without TensorFlow, in a worker process of its own."""
+    from nas.export.artifacts import build_artifacts
+
+    model, training, report = retrain(cand, x_all, y_all, x_test, y_test, epochs, seed, sparsity,
+                                      cfg.finetune_epochs)
+    artifacts, reference = build_artifacts(model, formats, Path(out), x_all, x_test, y_test, cfg, seed,
+                                           Console(file=io.StringIO()), tensorflow=False)
+    return training, report, artifacts, reference
+
+
 def retrain_to_file(path: str, *args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """`retrain` in a worker process of another framework: the model goes to `path` (.keras)."""
     model, training, report = retrain(*args)
@@ -160,7 +186,22 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
 
     from nas.tf_setup import prepare_tensorflow
 
-    if framework == "tensorflow":
+    tensorflow = framework == "tensorflow" or tensorflow_installed()
+    artifacts: dict[str, dict[str, Any]] | None = None
+    if not tensorflow:
+        # A JAX or PyTorch machine without TensorFlow: retrain and export what needs no TensorFlow (.keras, ONNX)
+        # in a worker process on the spec's framework; the manifest says what was skipped and how to get it.
+        from nas import framework as fw
+        from nas.worker import run_in_framework
+
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        with console.status(what + "; TensorFlow is not installed: no SavedModel or TFLite"):
+            training, report, artifacts, reference = run_in_framework(
+                fw.Setup.of(src.loaded.spec.train), retrain_and_export, str(out), formats, cand, x_all, y_all,
+                x_test, y_test, epochs, seed, sparsity, cfg)
+    elif framework == "tensorflow":
         prepare_tensorflow(src.loaded.spec.train.deterministic)
         with console.status(what), silenced_stderr():
             model, training, report = retrain(cand, x_all, y_all, x_test, y_test, epochs, seed, sparsity,
@@ -189,12 +230,13 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         console.print(f"pruned to {report['overall']:.1%} zero weights: test accuracy "
                       f"{training['test_accuracy_pruned']:.4f}")
 
-    from nas.export.artifacts import build_artifacts
+    if artifacts is None:
+        from nas.export.artifacts import build_artifacts
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    artifacts, reference = build_artifacts(model, formats, out, x_all, x_test, y_test, cfg, seed, console)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        artifacts, reference = build_artifacts(model, formats, out, x_all, x_test, y_test, cfg, seed, console)
     manifest = {
         "format": "nas.export/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -223,9 +265,13 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
     # On disk before anything talks to MLflow: a tracking failure must never cost the export.
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     console.print(_table(manifest))
-    failed = [k for k, v in artifacts.items() if v["status"] != "ok"]
+    failed = [k for k, v in artifacts.items() if v["status"] == "failed"]
+    skipped = [k for k, v in artifacts.items() if v["status"] == "skipped"]
     console.print(f"wrote {out}/ (manifest.json)" + (f"; failed: {', '.join(failed)} (reasons in the "
                                                      "manifest)" if failed else ""))
+    if skipped:
+        console.print(f"[yellow]skipped[/] {', '.join(skipped)}: they need TensorFlow, which is not installed "
+                      "here; pip install tensorflow==2.21.0 and rerun `nas export` (or export on a machine with it)")
 
     from nas.export.registry import ExportTrackingError, log_and_register
 
@@ -257,7 +303,8 @@ def _table(manifest: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col in ("artifact", "status") else "right", no_wrap=True)
     for name, a in manifest["artifacts"].items():
         if a["status"] != "ok":
-            t.add_row(name, "[red]failed[/]", "-", "-", "-", "-", "-")
+            t.add_row(name, "[red]failed[/]" if a["status"] == "failed" else "[yellow]skipped[/]", "-", "-", "-", "-",
+                      "-")
             continue
         agree = "-" if a.get("top1_agreement") is None else f"{a['top1_agreement']:.4f}"
         t.add_row(name, "ok", f"{a['test_accuracy']:.4f}", agree, f"{a['bytes'] / 1024:.0f}",
