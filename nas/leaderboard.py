@@ -18,7 +18,8 @@ MEASURED_COLS = ["latency_ms", "size_kb", "int8_val_accuracy", "measure_s"]
 
 
 def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataFrame:
-    """One row per trial, best first by the primary objective; unfinished and failed rows last.
+    """One row per trial, best first by the primary objective; finished ones that break search.constraints next;
+    unfinished and failed rows last.
 
     Each backend hands plain dicts: trial, state (a nas.trial.TrialState value, or running | waiting),
     reason, any of METRIC_COLS, continues (the trial it continues), and param.<dimension>; whatever is missing
@@ -43,7 +44,9 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
         return df
     primary = objectives[0]
     key = primary.metric
-    df["_rank"] = df["state"].map({"finished": 0}).fillna(1)
+    df["_rank"] = df["state"].map({"finished": 0}).fillna(2)
+    if "feasible" in df:  # search.constraints: a finished trial that breaks them ranks after those that meet them
+        df.loc[(df["_rank"] == 0) & df["feasible"].isin([False, "False"]), "_rank"] = 1
     if key not in df:
         df[key] = math.nan
     df = df.sort_values(["_rank", key, "trial"], ascending=[True, primary.resolved_direction == "minimize", True])

@@ -301,3 +301,8 @@ def test_a_model_that_cannot_be_measured_is_pruned_with_the_reason_and_never_bec
     assert df["reason"].str.startswith("cannot be measured as a TFLite model: RuntimeError: ConverterError").all()
     assert not (tmp_path / "runs" / "unmeasured" / "best" / "model.keras").exists()
     assert not list((tmp_path / "runs" / "unmeasured" / ".pending").glob("*.keras"))
+
+
+def test_the_leaderboard_ranks_feasible_trials_first() -> None:
+    df = board()
+    assert list(df["trial"]) == [0, 1, 3, 2, 4, 5]  # 4 is the most accurate, but breaks a constraint
