@@ -48,10 +48,14 @@ class Postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run([initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
         self.start()
+        self.url = self.database("nas")
+
+    def database(self, name: str) -> str:
+        """A new, empty database on this server: its URL."""
         createdb = pg_tool("createdb")
         assert createdb
-        self._run([createdb, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "nas"])
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/nas"
+        self._run([createdb, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name])
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def _run(self, argv: list[str]) -> None:
         r = subprocess.run([*self.as_user, *argv], capture_output=True, text=True, timeout=120)

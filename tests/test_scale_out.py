@@ -302,3 +302,31 @@ def test_machines_sharing_a_study_share_its_budget(pg, tiny_spec, tmp_path) -> N
     own = OptunaBackend.open(loaded.spec, SearchSpace(loaded.spec), RunDir(tmp_path / "c"), loaded.hash,
                              storage=None, new=False, resuming=False)
     assert own.budget_began(1000.0, 600) is None and own.study_key is None  # the run dir's own study
+
+
+def test_machines_that_start_together_on_an_empty_database_all_get_the_storage(pg) -> None:
+    """Each creates Optuna's tables; PostgreSQL refuses all but one CREATE TABLE (found by CI: two `nas search`
+    processes started at once). Several at once, in threads with their own connections."""
+    import threading
+
+    from nas.backends.storage import make_storage
+
+    for round_ in range(3):
+        url = pg.database(f"race{round_}")
+        errors: list[BaseException] = []
+        go = threading.Barrier(6)
+
+        def connect() -> None:
+            try:
+                go.wait()
+                make_storage(url).engine.dispose()
+            except BaseException as exc:  # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=connect) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [], errors
+        optuna.create_study(study_name="s", storage=make_storage(url))  # the schema is whole

@@ -10,6 +10,7 @@ import copy
 import functools
 import logging
 import os
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -164,19 +165,33 @@ def redact(url: str) -> str:
         return url
 
 
+def _created(make: Callable[[], optuna.storages.RDBStorage], attempts: int = 6) -> optuna.storages.RDBStorage:
+    """The storage, when machines that start together on an empty database all create Optuna's tables at once:
+    PostgreSQL refuses all but one CREATE TABLE (a duplicate key in pg_type) or version row. By the next try the
+    tables are there, and Optuna creates only what is missing."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     url = _database_url(url)
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; nas relies on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             kind = optuna.storages.RDBStorage if url.startswith("sqlite:") else PatientStorage
-            storage = kind(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            storage = _created(functools.partial(
+                kind, url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=retry_dead_trial,
                 engine_kwargs={"connect_args": {"timeout": 30}} if url.startswith("sqlite:") else
                 # a pooled connection that a database restart cut is replaced, not handed out broken
                 {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}},
-            )
+            ))
         if url.startswith("sqlite:"):
             # SQLite's default (a rollback journal, fsync on every commit) made Optuna's dozen commits per trial
             # cost ~290 ms on a busy disk; WAL with synchronous=NORMAL ~130 ms. A killed process loses nothing
