@@ -17,7 +17,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from nas.data.splits import Splits
 
@@ -29,7 +28,7 @@ def measure(model: keras.Model, splits: Splits, need: Collection[str], *, on: st
     """`model` (float32, best weights) -> the measured metrics in `need` (and what else its artifacts give for
     free), plus measure_s."""
     from nas.export.convert import export_saved_model, to_tflite
-    from nas.export.measure import THREADS, _latency, _Tflite
+    from nas.export.measure import THREADS, _latency, _Tflite, predict_tflite
 
     started = time.perf_counter()
     out: dict[str, float] = {}
@@ -45,21 +44,7 @@ def measure(model: keras.Model, splits: Splits, need: Collection[str], *, on: st
         one = _Tflite(target, 1, threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or THREADS)
         out["latency_ms"] = _latency(one.run, one.prepare(splits.val.x.astype("float32")), LATENCY_RUNS)
         if int8 is not None:
-            out["int8_val_accuracy"] = _accuracy(int8, splits.val.x, splits.val.y)
+            out["int8_val_accuracy"] = float((predict_tflite(int8, splits.val.x) == splits.val.y).mean())
     out["measure_s"] = time.perf_counter() - started
     return out
 
-
-def _accuracy(path: Path, x: np.ndarray, y: np.ndarray, batch: int = 250) -> float:
-    from nas.export.measure import _Tflite
-
-    full = len(x) - len(x) % batch
-    right = 0
-    if full:
-        many = _Tflite(path, batch)
-        right += sum(int((many(x[i : i + batch].astype("float32")).argmax(axis=1) == y[i : i + batch]).sum())
-                     for i in range(0, full, batch))
-    if full < len(x):
-        rest = _Tflite(path, len(x) - full)
-        right += int((rest(x[full:].astype("float32")).argmax(axis=1) == y[full:]).sum())
-    return right / len(y)

@@ -23,7 +23,6 @@ from optuna.trial import TrialState as OptunaState
 from nas.spec.model import Objective
 
 CURVE = "nas.curve"  # user attr: {epoch: the watched metric}, written after each epoch
-COSTS = ("params", "flops")  # user attrs, written before training
 MIN_PEERS = 2
 
 

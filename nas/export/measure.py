@@ -100,16 +100,24 @@ class _Tflite:
         return self.run(self.prepare(x))
 
 
-def measure_tflite(path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray, runs: int) -> Measurement:
-    batch = 250
+def predict_tflite(path: Path, x: np.ndarray, batch: int = 250) -> np.ndarray:
+    """Top-1 class per image: full batches, then the remainder one image at a time."""
     full = len(x) - len(x) % batch
-    many = _Tflite(path, batch)
-    preds = [many(x[i : i + batch].astype("float32")).argmax(axis=1) for i in range(0, full, batch)]
+    preds = []
+    if full:
+        many = _Tflite(path, batch)
+        preds += [many(x[i : i + batch].astype("float32")).argmax(axis=1) for i in range(0, full, batch)]
     one = _Tflite(path, 1)
     preds += [one(x[i : i + 1].astype("float32")).argmax(axis=1) for i in range(full, len(x))]
+    return np.concatenate(preds)
+
+
+def measure_tflite(path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray, runs: int) -> Measurement:
+    preds = predict_tflite(path, x)
+    one = _Tflite(path, 1)
     prepared = one.prepare(x.astype("float32"))  # input quantization is the caller's, not the model's, time
     latency = _latency(one.run, prepared, runs)
-    return _measurement(np.concatenate(preds), y, reference, latency)
+    return _measurement(preds, y, reference, latency)
 
 
 def measure_onnx(path: Path, x: np.ndarray, y: np.ndarray, reference: np.ndarray, runs: int) -> Measurement:

@@ -44,12 +44,21 @@ def _clean(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _study_winner(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> ExportSource | None:
-    """In a study several machines share (--storage on a database server), the winner is the study's best trial,
-    which may have run on another machine; its params are in the study. None for a run dir's own study."""
+def _shared_storage(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> str | None:
+    """The storage URL of a study several machines share (--storage on a database server); None for a run dir's
+    own study."""
     storage = meta.get("storage")
     if not storage or storage == f"sqlite:///{run.study_db.resolve().as_posix()}" \
             or loaded.spec.search.backend != "optuna":
+        return None
+    return str(storage)
+
+
+def _study_winner(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> ExportSource | None:
+    """In a shared study the winner is the study's best trial, which may have run on another machine; its params
+    are in the study. None for a run dir's own study."""
+    storage = _shared_storage(run, loaded, meta)
+    if storage is None:
         return None
     from nas.backends.optuna_backend import study_winner
 
@@ -72,10 +81,12 @@ def choose(run_dir: Path, trial: int | None) -> ExportSource:
         from nas.front import select
         from nas.leaderboard import frame
 
-        trial, why = select(frame(_rows(run, loaded, meta), loaded.spec.search.objectives), rule,
-                            loaded.spec.search.objectives)
-        why = f"export.select: {why}"
-    elif trial is None:
+        every = _rows(run, loaded, meta)
+        chosen, why = select(frame(every, loaded.spec.search.objectives), rule, loaded.spec.search.objectives)
+        picked = next(r for r in every if int(r["trial"]) == chosen)  # its params, from where it was chosen
+        params = {k.removeprefix("param."): _clean(v) for k, v in picked.items() if k.startswith("param.")}
+        return ExportSource(run, loaded, chosen, params, meta, chosen=f"export.select: {why}")
+    if trial is None:
         shared = _study_winner(run, loaded, meta)
         if shared is not None:
             return shared
@@ -107,9 +118,8 @@ def choose(run_dir: Path, trial: int | None) -> ExportSource:
 
 def _rows(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Every trial's row: from the shared study (machines' trials alike), else from leaderboard.csv."""
-    storage = meta.get("storage")
-    if storage and storage != f"sqlite:///{run.study_db.resolve().as_posix()}" \
-            and loaded.spec.search.backend == "optuna":
+    storage = _shared_storage(run, loaded, meta)
+    if storage is not None:
         import optuna
 
         from nas.backends.optuna_backend import trial_rows

@@ -63,8 +63,7 @@ class LoadedSpec:
             _, lines = _line_map(self.text, name)
         except SpecError:
             lines = {}
-        parts = tuple(dotted.split("."))
-        line = next((lines[parts[:i]] for i in range(len(parts), 0, -1) if parts[:i] in lines), None)
+        line = _nearest_line(lines, tuple(dotted.split(".")))
         return f"{name}:{line}: {dotted}" if line else f"{name}: {dotted}"
 
     @property
@@ -135,6 +134,11 @@ def _line_map(text: str, path: str) -> tuple[Any, dict[Loc, int]]:
     return data, lines
 
 
+def _nearest_line(lines: dict[Loc, int], loc: Loc, root: bool = False) -> int | None:
+    """The line of the key at `loc`, else of its closest parent in the file (the top of the file if `root`)."""
+    return next((lines[loc[:i]] for i in range(len(loc), -1 if root else 0, -1) if loc[:i] in lines), None)
+
+
 def _model_at(loc: Loc) -> type[BaseModel] | None:
     """The pydantic model that owns the mapping at `loc` (for listing valid keys)."""
     model: Any = Spec
@@ -165,7 +169,7 @@ def _message(err: ErrorDetails, path: str, lines: dict[Loc, int]) -> str:
     # drop pydantic's union-branch tags ("FiltersGrowth", "function-plain[parse()]") from the path
     loc: Loc = tuple(p for p in err["loc"] if not _is_branch_tag(p))
     # the closest line we know: the key itself, else its parent
-    line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), None)
+    line = _nearest_line(lines, loc, root=True)
     where = f"{path}:{line}" if line else path
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind, msg = err["type"], err["msg"]
@@ -272,7 +276,7 @@ def parse_spec(text: str, path: str = "<spec>") -> Spec:
 def _across_sections(spec: Spec, path: str, lines: dict[Loc, int]) -> list[str]:
     """Rules between sections, which pydantic's per-section models cannot name a key for."""
     def at(*loc: str | int) -> str:
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        line = _nearest_line(lines, loc)
         return f"{path}:{line}" if line else path
 
     problems = []
