@@ -95,6 +95,30 @@ def test_a_candidate_over_the_cap_is_rejected_before_training(tmp_path: Path) ->
     assert result.metrics["epochs_run"] == 0 and result.metrics["flops"] > 0
 
 
+class Timeline(io.StringIO):
+    """A console file that notes when each line was printed, so a failed timing assertion shows where the time
+    went."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.monotonic()
+        self.stamps: list[tuple[float, str]] = []
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.stamps.append((self.now(), text.strip()[:120]))
+        return super().write(text)
+
+    def first(self, pattern: str) -> float:
+        return next(t for t, line in self.stamps if re.search(pattern, line))
+
+    def lines(self) -> str:
+        return "\n".join(f"[{t:6.1f}s] {line}" for t, line in self.stamps) + f"\n[{self.now():6.1f}s] returned"
+
+
 SPEC = """\
 name: {name}
 data: {{source: digits, validation_fraction: 0.2}}
@@ -115,10 +139,9 @@ def test_the_budget_ends_the_search_and_the_running_trial_keeps_its_best_epoch(t
 
     spec = tmp_path / "b.yaml"
     spec.write_text(SPEC.format(name="b", budget="60s"))
-    out = io.StringIO()
-    started = time.monotonic()
+    out = Timeline()
     summary = run(spec, SearchOptions(runs_dir=tmp_path / "runs", inline=True), Console(file=out, width=200))
-    took = time.monotonic() - started
+    took = out.now()
     board = pd.read_csv(tmp_path / "runs" / "b" / "leaderboard.csv")
     assert summary.stop_reason == "time" and "search.budget reached" in out.getvalue()
     # stopped in the epoch the deadline fell in (or right after it, when it fell between two epochs)
@@ -128,9 +151,13 @@ def test_the_budget_ends_the_search_and_the_running_trial_keeps_its_best_epoch(t
     # ... and its best epoch stands: it is the best model, measured on the held-out split
     best = json.loads((tmp_path / "runs" / "b" / "best" / "metrics.json").read_text())
     assert best["trial"] == int(stopped.iloc[0]["trial"]) and 0 < best["test_accuracy"] <= 1
-    # The budget holds to one epoch plus the final measurement (a digits epoch and the measurement take seconds)
+    # The budget holds: the trial ends in the epoch the deadline fell in (a digits epoch takes well under a
+    # second), and the search after it: the final measurement, the report and MLflow's closing writes take
+    # seconds (generous here: on a loaded 2-core CI machine they once took 29 s, with no timeline to say why)
     epoch_s = stopped.iloc[0]["wall_time_s"] / stopped.iloc[0]["epochs_run"]
-    assert took < 60 + epoch_s + 15, (took, epoch_s)
+    trial_ended = out.first(r"trial +0 finished")
+    assert trial_ended < 60 + epoch_s + 5, out.lines()
+    assert took < 60 + epoch_s + 30, out.lines()
     # the plan was printed before the first trial
     text = out.getvalue()
     assert re.search(r"budget 60s \(\d+s left after start-up and the probe\): the probe took [\d.]+s; one epoch "
