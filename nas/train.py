@@ -20,7 +20,7 @@ from nas import framework as fw
 from nas.arch import plan
 from nas.augment import Augmentation, for_training
 from nas.builder import build_model, float32_copy
-from nas.data.pipeline import eval_dataset, train_batches
+from nas.data.pipeline import eval_dataset, padding, steps_per_epoch, train_batches
 from nas.data.splits import Split, Splits, subset
 from nas.errors import InvalidArchitecture
 from nas.schedule import learning_rate, start_at_epoch
@@ -51,7 +51,9 @@ def compile_for_training(model: keras.Model, t: TrainConfig, *, steps_per_epoch:
     The learning rate follows `t.schedule` over `epochs` planned epochs of `steps_per_epoch` steps each."""
     model.compile(optimizer=make_optimizer(t, steps_per_epoch * epochs),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
+                  # weighted: the pads of a last validation batch filled up to a whole one weigh 0 (nas.data.pipeline);
+                  # Keras hands sample weights to `weighted_metrics` only. Training batches carry none.
+                  weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")], jit_compile=jit_compile)
     # Built here rather than inside the first traced train step: Keras otherwise traces that step's graph
     # around the optimizer's variable creation, which cost ~1.5 s per trial on 2 cores (same weights after).
     model.optimizer.build(model.trainable_variables)
@@ -99,6 +101,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.time_limit_s, self.timed_out, self.started = task.time_limit_s, False, time.perf_counter()
         self.stop_at, self.mid_epoch = task.stop_at, False  # search.budget's deadline, and whether it cut an epoch
         self.epochs = task.epochs
+        self.val_loss_scale = 1.0  # undoes the padding of the last validation batch (nas.data.pipeline.Padding)
 
     def progress(self) -> dict[str, Any]:
         return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
@@ -138,6 +141,8 @@ class _EpochCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         n = epoch + 1
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in EPOCH_METRICS}
+        if "val_loss" in metrics:
+            metrics["val_loss"] *= self.val_loss_scale
         self.history.append(metrics)
         decision = self.on_epoch(n, metrics)
         loss = metrics.get("loss", math.nan)
@@ -179,8 +184,10 @@ def _result(state: TrialState, reason: str | None, cb: _EpochCallback, started: 
     return TrialResult(state, reason, metrics, cb.history, model_path=model_path, traceback=traceback)
 
 
-def _batches_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
+def _compiles_with_xla(trainer: keras.Model, jit: bool | str) -> bool:
+    """Whether Keras will XLA-compile the trainer's steps: `jit`, with "auto" resolved as Keras resolves it (on
+    JAX, and on TensorFlow with a GPU, when every layer supports XLA)."""
+    return bool(trainer.jit_compile) if jit == "auto" else bool(jit)
 
 
 def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
@@ -220,11 +227,13 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
     # span of all of it without stages); validation is the same throughout.
     stages = task.stages or ((task.epochs, 1.0),)
     spans = [(min(end, task.epochs), subset(splits.train, share)) for end, share in stages]
+    # XLA compiles a step once per batch shape: whole batches spare every trial a second compile (nas.data.pipeline)
+    whole = _compiles_with_xla(trainer, jit)
     # The schedule spans the trial's planned steps over every span (not where a prune or early stop ends it),
     # so a trial resumed at epoch `first` continues it where training straight through would be.
     steps, before, prev = 0, 0, 0
     for end, part in spans:
-        n = _batches_per_epoch(len(part.y), cfg.batch_size)
+        n = steps_per_epoch(len(part.y), cfg.batch_size, whole)
         steps += (end - prev) * n
         before += max(0, min(end, first) - prev) * n
         prev = end
@@ -238,14 +247,16 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
         cb.restore(resume)
     else:
         start_at_epoch(trainer.optimizer, 1 if before else 0, before)
-    val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=max(cfg.batch_size, 256))
+    eval_batch = max(cfg.batch_size, 256)
+    val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=eval_batch, whole=whole)
+    cb.val_loss_scale = padding(len(splits.val.y), eval_batch, whole).loss_scale
     try:
         prev = 0
         for end, part in spans:
             if end > first:
                 start = max(prev, first)
                 batches = train_batches(part, num_classes=arch.num_classes, batch_size=cfg.batch_size,
-                                        seed=task.seed, first_epoch=start)
+                                        seed=task.seed, first_epoch=start, whole=whole)
                 trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, validation_data=val_ds,
                             epochs=end, initial_epoch=start, callbacks=[cb], shuffle=False, verbose=0)
                 if trainer.stop_training:  # pruned, paused, diverged, early-stopped, out of time: no further span
@@ -298,8 +309,8 @@ def evaluate_model(model_path: str, splits: Splits, which: tuple[str, ...] = ("v
     out: dict[str, float] = {}
     for name in which:
         split = getattr(splits, name)
-        ds = eval_dataset(split, num_classes=num_classes, batch_size=256)
-        probs = model.predict(ds, verbose=0)
+        ds = eval_dataset(split, num_classes=num_classes, batch_size=256, whole=True)  # one compiled shape
+        probs = model.predict(ds, verbose=0)[: len(split.y)]
         out[f"{name}_accuracy"] = float((probs.argmax(axis=1) == split.y).mean())
         out[f"{name}_samples"] = float(len(split.y))
     return out

@@ -260,14 +260,20 @@ def test_batches_are_the_same_samples_on_every_framework(digits) -> None:
         np.testing.assert_array_equal(y1.numpy(), y2)
 
 
-def test_a_jax_trial_never_imports_tensorflow(tmp_path: Path) -> None:
+def test_a_jax_trial_never_imports_tensorflow_and_compiles_each_step_once(tmp_path: Path) -> None:
     """The JAX and PyTorch paths (data, augmentation, checkpoint, save, evaluate) must run where TensorFlow is
-    not installed at all, as on a JAX or PyTorch GPU machine."""
+    not installed at all, as on a JAX or PyTorch GPU machine. And XLA compiles the train, test and predict steps
+    once each, although no split here divides into whole batches (nas.data.pipeline: whole batches)."""
     script = """
-import sys
+import collections, sys
 from pathlib import Path
 from nas import framework as fw
 fw.prepare(fw.Setup("jax"))
+import jax
+from jax._src import dispatch
+compiles = collections.Counter()
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, secs, **kw: compiles.update([kw.get("fun_name")]) if event == dispatch.BACKEND_COMPILE_EVENT else None)
 from nas.data import load_source, make_splits
 from nas.space import DataInfo, SearchSpace
 from nas.spec import parse_spec
@@ -283,11 +289,17 @@ out = run_trial(TrialTask(0, SearchSpace(spec).decode({}, info), seed=0, epochs=
 assert out.state == "finished", out.reason
 print("test_accuracy", evaluate_model(out.model_path, splits, ("test",))["test_accuracy"])
 print("tensorflow modules", len([m for m in sys.modules if m.split(".")[0] == "tensorflow"]))
+print("partial batches", len(splits.train.y) % 16, len(splits.val.y) % 256, len(splits.test.y) % 256)
+print("step compiles", sorted((k, v) for k, v in compiles.items() if k.endswith("_step)")))
 """
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tensorflow modules 0" in proc.stdout, proc.stdout
     assert float(proc.stdout.split("test_accuracy ")[1].split()[0]) > 0.2
+    partial = [int(v) for v in proc.stdout.split("partial batches ")[1].split("\n")[0].split()]
+    assert all(partial), partial  # train, val and test each end in a partial batch, unpadded
+    assert "step compiles [('jit(predict_step)', 1), ('jit(test_step)', 1), ('jit(train_step)', 1)]" in proc.stdout, \
+        proc.stdout
 
 
 # Imported first by every Python process started with this folder on PYTHONPATH: `import tensorflow` fails as if

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from nas.augment import Augmentation, augmentation_layers, for_training
-from nas.data.pipeline import epoch_order, eval_dataset, train_batches
+from nas.data.pipeline import _EvalBatches, epoch_order, eval_dataset, padding, steps_per_epoch, train_batches
 from nas.data.sources import load_source
 from nas.data.splits import Split, make_splits
 
@@ -75,6 +75,62 @@ def test_train_batches_shuffle_each_epoch_and_keep_pairs() -> None:
     np.testing.assert_array_equal(np.sort(y1.argmax(1)), np.sort(split.y))  # every sample once per epoch
     assert not np.array_equal(y1.argmax(1), split.y) and not np.array_equal(y1, y2)  # shuffled, and reshuffled
     assert train_batches(split, num_classes=10, batch_size=32, seed=3).steps_per_epoch == 7  # last batch kept
+
+
+def test_whole_batches_drop_each_epochs_last_partial_batch() -> None:
+    """For XLA-compiled steps: one batch shape only. The kept samples are the head of the epoch's order."""
+    split = labelled()
+    assert steps_per_epoch(200, 32, whole=True) == 6 and steps_per_epoch(200, 32) == 7
+    assert steps_per_epoch(20, 32, whole=True) == 1  # a split smaller than a batch: its one partial batch
+    b = train_batches(split, num_classes=10, batch_size=32, seed=3, whole=True)
+    assert b.steps_per_epoch == 6
+    it = iter(b.dataset)
+    for e in range(2):  # across an epoch boundary
+        batches = [next(it) for _ in range(6)]
+        assert [int(y.shape[0]) for _, y in batches] == [32] * 6
+        labels = np.concatenate([y.numpy().argmax(1) for _, y in batches])
+        np.testing.assert_array_equal(labels, split.y[epoch_order(200, 3, e)[:192]])
+
+
+def test_eval_padding_fills_the_last_batch_with_copies_that_weigh_nothing(train: Split) -> None:
+    n = len(train.y)
+    pad = padding(n, 100, whole=True)
+    assert pad.samples == n and pad.padded == -(-n // 100) * 100 > n and pad.loss_scale == pad.padded / n
+    assert padding(n, 100, whole=False).padded == n and padding(300, 100, whole=True).loss_scale == 1.0
+    tf_batches = [tuple(t.numpy() for t in b) for b in eval_dataset(train, num_classes=10, batch_size=100, whole=True)]
+    np_batches = [_EvalBatches(train, 10, 100, pad)[i] for i in range(len(_EvalBatches(train, 10, 100, pad)))]
+    for batches in (tf_batches, np_batches):  # TensorFlow's tf.data, and the numpy batches of JAX and PyTorch
+        assert all(len(b) == 3 and len(b[0]) == 100 for b in batches)  # (x, y, weights), every batch whole
+        x, y, w = (np.concatenate(parts) for parts in zip(*batches))
+        np.testing.assert_array_equal(x[:n], train.x.astype(np.float32))  # in order, then the pads
+        np.testing.assert_array_equal(y[:n].argmax(1), train.y)
+        np.testing.assert_array_equal(w, np.r_[np.ones(n), np.zeros(pad.padded - n)])
+    tiny = Split(train.x[:10], train.y[:10])  # fewer samples than one batch: the pads repeat them
+    x, y, w = _EvalBatches(tiny, 10, 32, padding(10, 32, whole=True))[0]
+    assert len(x) == 32 and w.sum() == 10
+    np.testing.assert_array_equal(y.argmax(1), tiny.y[np.arange(32) % 10])
+
+
+def test_a_padded_evaluation_gives_the_unpadded_accuracy_and_loss(train: Split) -> None:
+    """The pads must not change a metric: accuracy is weighted, and the loss is scaled back (Padding.loss_scale)."""
+    from nas.space import TrainConfig
+    from nas.train import compile_for_training
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 16), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    cfg = TrainConfig(epochs=2, optimizer="adam", learning_rate=1e-2, weight_decay=0.0, momentum=0.9, batch_size=32,
+                      label_smoothing=0.1, early_stopping=None, deterministic=True, augment={})
+    compile_for_training(model, cfg, steps_per_epoch=1, epochs=1)
+    model.fit(train.x.astype(np.float32), keras.utils.to_categorical(train.y, 10), epochs=2, verbose=0)
+    plain = model.evaluate(eval_dataset(train, num_classes=10, batch_size=100), return_dict=True, verbose=0)
+    padded = model.evaluate(eval_dataset(train, num_classes=10, batch_size=100, whole=True), return_dict=True,
+                            verbose=0)
+    assert 0.2 < plain["accuracy"] < 1.0  # a model between chance and perfect, so the pads could show
+    assert padded["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-7)
+    assert padded["loss"] != pytest.approx(plain["loss"], rel=1e-3)  # unscaled, the pads would bias it ...
+    scale = padding(len(train.y), 100, whole=True).loss_scale
+    assert padded["loss"] * scale == pytest.approx(plain["loss"], rel=1e-5)  # ... which the scale undoes
 
 
 def test_an_epochs_order_depends_on_the_seed_and_the_epoch_alone() -> None:
