@@ -125,6 +125,7 @@ class BudgetPlan:
     probe_s: float = 0.0
     spent_s: float = 0.0  # of the budget, before the first trial: start-up (data, MLflow, worker) and the probe
     stages: Stages = ()  # cheap early rungs (rung_stages); () = every epoch on all the training data
+    trials_left: int | None = None  # search.trials less the trials already done: the search's other end
 
     @property
     def left_s(self) -> float:
@@ -224,7 +225,19 @@ class BudgetPlan:
         elif self.trial_seconds(lo) > self.budget_s * MAX_TRIAL_SHARE:
             out.append(f"warning: even the cheapest candidate needs about {_fmt_time(self.trial_seconds(lo))} for a "
                        f"full trial; raise the budget, lower train.epochs or shrink the space")
+        trials = self.trials_needed()
+        if self.trials_left is not None and trials > self.trials_left:
+            out.append(f"warning: search.trials may end the search first: {self.trials_left} trials left, where the "
+                       f"budget has room for about {trials:.0f} (candidates rejected by the cap count as trials); "
+                       "raise search.trials (or pass --trials) to spend all of the budget")
         return out
+
+    def trials_needed(self) -> float:
+        """Trials the budget has room for: the candidates it looks at, plus those the cap rejects on the way (they
+        cost nothing but count toward search.trials)."""
+        cap, flops = self.max_flops, self.flops_seen
+        kept = sum(f <= cap for f in flops) / len(flops) if cap is not None else 1.0
+        return self.expected()[0] / max(kept, 1e-9)
 
     def to_dict(self) -> dict[str, Any]:
         n, full, epoch = self.expected()
@@ -255,8 +268,9 @@ def early_rungs(spec: Any, n_train: int, epochs: int | None = None) -> Stages:
 
 
 def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: float,
-                epochs: int | None = None) -> BudgetPlan:
-    """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget)."""
+                epochs: int | None = None, trials_left: int | None = None) -> BudgetPlan:
+    """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget);
+    `trials_left`: what search.trials still allows (the plan warns when the budget has room for more)."""
     chosen, flops = extremes(SearchSpace(spec), info, spec.search.seed, spec.space.max_params)
     if not chosen:
         raise NasError("search.budget: no candidate of the space can be built, so there is nothing to plan; "
@@ -267,4 +281,4 @@ def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: fl
                    for c, sec in zip(chosen, per_sample, strict=True))
     return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
                       tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
-                      stages=early_rungs(spec, len(splits.train.y), epochs))
+                      stages=early_rungs(spec, len(splits.train.y), epochs), trials_left=trials_left)

@@ -86,7 +86,9 @@ def validate(
             else ProcessRunner(splits, setup=setup)
         try:
             with err_console.status("probing the cheapest and the dearest candidates"):
-                plan = plan_budget(loaded.spec, info, splits, runner, seconds)
+                ss = loaded.spec.search  # KerasTuner's Hyperband sets its own trial count
+                plan = plan_budget(loaded.spec, info, splits, runner, seconds,
+                                   trials_left=ss.trials if ss.backend == "optuna" else None)
         finally:
             runner.close()
         for line in plan.lines():

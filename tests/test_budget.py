@@ -68,6 +68,28 @@ def test_rungs_and_expected_counts_follow_the_pruner(pruner: str, rungs: list[in
         assert n == pytest.approx(full) == pytest.approx(10 * 3600 / (12 * epoch))
 
 
+def test_the_plan_warns_when_search_trials_would_end_the_search_before_the_budget() -> None:
+    import dataclasses
+    import math
+
+    p = budget_plan()  # 30 minutes, with a cap that rejects the dearer part of the space
+    n, needed = p.expected()[0], p.trials_needed()
+    cap = p.max_flops
+    assert cap is not None
+    kept = sum(f <= cap for f in FLOPS) / len(FLOPS)
+    assert needed == pytest.approx(n / kept) and needed > n  # the rejected count as trials too
+
+    def warning(trials_left: int | None) -> list[str]:
+        return [line for line in dataclasses.replace(p, trials_left=trials_left).lines()
+                if line.startswith("warning: search.trials")]
+
+    few = math.floor(needed) - 1
+    assert warning(few) == [f"warning: search.trials may end the search first: {few} trials left, where the budget "
+                            f"has room for about {needed:.0f} (candidates rejected by the cap count as trials); "
+                            "raise search.trials (or pass --trials) to spend all of the budget"]
+    assert warning(math.ceil(needed) + 1) == [] and warning(None) == []
+
+
 def test_a_candidate_over_the_cap_is_rejected_before_training(tmp_path: Path) -> None:
     from nas.objective import TrialObjective
     from nas.progress import PlainReporter
