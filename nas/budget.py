@@ -268,9 +268,10 @@ def early_rungs(spec: Any, n_train: int, epochs: int | None = None) -> Stages:
 
 
 def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: float,
-                epochs: int | None = None, trials_left: int | None = None) -> BudgetPlan:
+                epochs: int | None = None, trials_done: int = 0) -> BudgetPlan:
     """Probe the cheapest and the dearest candidates on `runner` and plan `seconds` of search (nas.budget);
-    `trials_left`: what search.trials still allows (the plan warns when the budget has room for more)."""
+    `trials_done`: those search.trials already counts (the plan warns when the budget has room for more than
+    are left)."""
     chosen, flops = extremes(SearchSpace(spec), info, spec.search.seed, spec.space.max_params)
     if not chosen:
         raise NasError("search.budget: no candidate of the space can be built, so there is nothing to plan; "
@@ -281,4 +282,6 @@ def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: fl
                    for c, sec in zip(chosen, per_sample, strict=True))
     return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
                       tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
-                      stages=early_rungs(spec, len(splits.train.y), epochs), trials_left=trials_left)
+                      stages=early_rungs(spec, len(splits.train.y), epochs),
+                      # KerasTuner's Hyperband sets its own trial count
+                      trials_left=max(0, spec.search.trials - trials_done) if spec.search.backend == "optuna" else None)

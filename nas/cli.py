@@ -86,9 +86,7 @@ def validate(
             else ProcessRunner(splits, setup=setup)
         try:
             with err_console.status("probing the cheapest and the dearest candidates"):
-                ss = loaded.spec.search  # KerasTuner's Hyperband sets its own trial count
-                plan = plan_budget(loaded.spec, info, splits, runner, seconds,
-                                   trials_left=ss.trials if ss.backend == "optuna" else None)
+                plan = plan_budget(loaded.spec, info, splits, runner, seconds)
         finally:
             runner.close()
         for line in plan.lines():

@@ -393,9 +393,8 @@ def _plan(s: _Search, t0: float) -> tuple[float | None, Any]:
         deadline -= max(0.0, started - began)
     try:
         with s.console.status("planning the budget: probing the cheapest and the dearest candidates"):
-            optuna = s.spec.search.backend == "optuna"  # KerasTuner's Hyperband sets its own trial count
             budget_plan = plan_budget(s.spec, s.info, s.splits, s.runner, seconds, epochs=s.backend.epochs,
-                                      trials_left=max(0, s.backend.total - s.backend.done()) if optuna else None)
+                                      trials_done=s.backend.done())
         budget_plan = dataclasses.replace(budget_plan, spent_s=time.monotonic() - t0)
     except NasError:
         raise

@@ -74,9 +74,11 @@ def train_batches(split: Split, *, num_classes: int, batch_size: int, seed: int,
 
 
 def _numpy_batches(split: Split, num_classes: int, batch_size: int, seed: int, first_epoch: int,
-                   steps: int) -> Iterator[Any]:
+                   steps: int | None = None) -> Iterator[Any]:
+    """`steps` batches per epoch (default: every sample, the last batch partial)."""
     eye = np.eye(num_classes, dtype=np.float32)
     n, epoch = len(split.y), first_epoch
+    steps = steps_per_epoch(n, batch_size) if steps is None else steps
     while True:
         order = epoch_order(n, seed, epoch)
         for start in range(0, steps * batch_size, batch_size):
@@ -103,31 +105,32 @@ def padding(n: int, batch_size: int, whole: bool) -> Padding:
     return Padding(n, -(-n // batch_size) * batch_size if whole and n else n)
 
 
+def _padded(split: Split, pad: Padding) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(images, labels, weights) with the pads appended: copies of the first images (a split smaller than a batch
+    repeats itself), weighted 0; weights None when nothing is padded."""
+    if pad.padded == pad.samples:
+        return split.x, split.y, None
+    copies = np.arange(pad.padded - pad.samples) % pad.samples
+    weights = np.concatenate([np.ones(pad.samples, np.float32), np.zeros(len(copies), np.float32)])
+    return np.concatenate([split.x, split.x[copies]]), np.concatenate([split.y, split.y[copies]]), weights
+
+
 class _EvalBatches(keras.utils.PyDataset):
     """In order, numpy: what JAX and PyTorch evaluate on (re-iterable, unlike a generator); with `pad`, the last
     batch is filled up with copies of the first images, and every batch carries sample weights (0 for the pads)."""
 
     def __init__(self, split: Split, num_classes: int, batch_size: int, pad: Padding):
         super().__init__()
-        self.split, self.batch_size, self.eye = split, batch_size, np.eye(num_classes, dtype=np.float32)
-        self.pad = pad
+        self.batch_size, self.eye = batch_size, np.eye(num_classes, dtype=np.float32)
+        self.x, self.y, self.weights = _padded(split, pad)
 
     def __len__(self) -> int:
-        return -(-self.pad.padded // self.batch_size)
+        return -(-len(self.y) // self.batch_size)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, ...]:
         s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        x, y = self.split.x[s].astype(np.float32), self.eye[self.split.y[s]]
-        if self.pad.padded == self.pad.samples:
-            return x, y
-        weights = np.ones(len(y), np.float32)
-        fill = self.batch_size - len(y)
-        if fill:
-            copies = np.arange(fill) % len(self.split.y)  # a split smaller than a batch repeats itself
-            x = np.concatenate([x, self.split.x[copies].astype(np.float32)])
-            y = np.concatenate([y, self.eye[self.split.y[copies]]])
-            weights = np.concatenate([weights, np.zeros(fill, np.float32)])
-        return x, y, weights
+        batch = self.x[s].astype(np.float32), self.eye[self.y[s]]
+        return batch if self.weights is None else (*batch, self.weights[s])
 
 
 def eval_dataset(split: Split, *, num_classes: int, batch_size: int, whole: bool = False) -> Any:
@@ -141,12 +144,6 @@ def eval_dataset(split: Split, *, num_classes: int, batch_size: int, whole: bool
     def prepare(x: tf.Tensor, y: tf.Tensor, *w: tf.Tensor) -> tuple[tf.Tensor, ...]:
         return (tf.cast(x, tf.float32), tf.one_hot(y, num_classes, dtype=tf.float32), *w)
 
-    if pad.padded == pad.samples:
-        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y))
-    else:
-        copies = np.arange(pad.padded - pad.samples) % pad.samples
-        weights = np.concatenate([np.ones(pad.samples, np.float32), np.zeros(len(copies), np.float32)])
-        ds = tf.data.Dataset.from_tensor_slices((np.concatenate([split.x, split.x[copies]]),
-                                                 np.concatenate([split.y, split.y[copies]]), weights))
-    ds = ds.batch(batch_size)
+    x, y, weights = _padded(split, pad)
+    ds = tf.data.Dataset.from_tensor_slices((x, y) if weights is None else (x, y, weights)).batch(batch_size)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
