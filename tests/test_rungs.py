@@ -24,6 +24,24 @@ def test_stages_follow_the_pruners_rungs() -> None:
     assert describe_stages(rung_stages("median", 1, 12, 51_000)) == "epoch 1 on 1/3, epochs 2-12 on all"
 
 
+@pytest.mark.parametrize("rung_data,budget,cheap", [(None, "30m", False), ("full", "30m", False),
+                                                     ("auto", "30m", True), ("auto", None, False),
+                                                     ("subsets", None, True)])
+def test_rung_data_picks_when_early_rungs_train_on_subsets(rung_data: str | None, budget: str | None,
+                                                           cheap: bool) -> None:
+    """The default is every epoch on all the data (measured better under a 30-minute budget, bench/RESULTS.md);
+    subsets are an opt-in, always or (auto) under a budget."""
+    from nas.budget import early_rungs
+    from nas.spec import parse_spec
+
+    keys = {"pruner": "successive_halving", **({"rung_data": rung_data} if rung_data else {}),
+            **({"budget": budget} if budget else {})}
+    spec = parse_spec("name: r\ndata: {source: digits}\nspace: {depth: 1, filters: [4]}\ntrain: {epochs: 12}\n"
+                      f"search: {keys}\n".replace("'", ""))
+    stages = early_rungs(spec, 51_000)
+    assert stages == (((3, 1 / 9), (9, 1 / 3), (12, 1.0)) if cheap else ()), stages
+
+
 def test_a_subset_is_stratified_nested_and_the_same_for_every_trial() -> None:
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(10), [900, 100, 50, 300, 300, 300, 300, 300, 300, 9])

@@ -142,3 +142,13 @@ def test_json_schema_describes_every_section() -> None:
     schema = Spec.model_json_schema()
     assert {"data", "augment", "space", "train", "search", "tracking"} <= set(schema["properties"])
     assert schema["required"] == ["name", "data", "space"]
+
+
+def test_a_search_made_under_the_old_rung_data_default_keeps_its_hash() -> None:
+    """rung_data's default was auto until full measured better: a spec that says auto (or nothing) still finds
+    its run directory; subsets, which trains differently, is another search."""
+    from nas.spec.loader import LoadedSpec
+
+    h = {v: LoadedSpec(parse_spec(BASE + "space: {depth: 2}\n" + (f"search: {{rung_data: {v}}}\n" if v else "")),
+                       Path("x.yaml"), "").hash for v in ("", "auto", "full", "subsets")}
+    assert h[""] == h["auto"] == h["full"] != h["subsets"], h

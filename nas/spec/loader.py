@@ -27,10 +27,13 @@ RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.budg
                   "search.max_failed_trials", "search.isolate_trials", "search.worker_max_trials", "search.workers",
                   "tracking.", "export.", "report")
 
-# Keys added after run dirs existed, left out of the spec's identity while at their default, so that a run
-# made before the key existed still resumes (its hash, and so its run dir, stay the same).
-NEUTRAL_DEFAULTS: dict[str, Any] = {"data.split_seed": 0, "train.schedule": "constant", "train.warmup": None,
-                                   "search.rung_data": "auto"}
+# Keys added after run dirs existed, left out of the spec's identity while at a default they have had, so that
+# a run made before the key existed, or before its default changed, still resumes (its hash, and so its run
+# dir, stay the same).
+NEUTRAL_DEFAULTS: dict[str, tuple[Any, ...]] = {"data.split_seed": (0,), "train.schedule": ("constant",),
+                                                "train.warmup": (None,),
+                                                # the default was auto until rung_data: full was measured better
+                                                "search.rung_data": ("full", "auto")}
 
 
 def flat_keys(spec: Spec) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def flat_keys(spec: Spec) -> dict[str, Any]:
 
     walk(spec.model_dump(mode="json"), "")
     return {k: v for k, v in out.items() if not any(k == p or k.startswith(p) for p in RESUMABLE_KEYS)
-            and NEUTRAL_DEFAULTS.get(k, ...) != v}
+            and v not in NEUTRAL_DEFAULTS.get(k, ())}
 
 
 @dataclass(frozen=True)
