@@ -70,6 +70,11 @@ MIN_SHARE = 1 / 9
 Stages = tuple[tuple[int, float], ...]
 
 
+def share_at(stages: Stages, epoch: int) -> float:
+    """The share of the training data `epoch` (1-based) trains on under `stages`; all of it past them."""
+    return next((share for end, share in stages if epoch <= end), 1.0)
+
+
 def rung_epochs(pruner: str, warmup_epochs: int, epochs: int) -> list[int]:
     """The epochs at which the pruner thins the field: ASHA, successive halving (and each Hyperband bracket) at
     1, 3, 9, ... from warmup_epochs; the median and pareto pruners, modelled as one cut at their first epoch after

@@ -11,6 +11,7 @@ from rich import box
 from rich.table import Table
 
 from nas.spec.model import Objective
+from nas.trial import competing_value
 
 METRIC_COLS = ["val_accuracy", "val_loss", "accuracy", "loss", "params", "flops", "epochs_run", "wall_time_s"]
 #: measured on finished trials' TFLite artifacts when objectives or constraints ask (nas.deployed): columns only then
@@ -18,8 +19,8 @@ MEASURED_COLS = ["latency_ms", "size_kb", "int8_val_accuracy", "measure_s"]
 
 
 def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataFrame:
-    """One row per trial, best first by the primary objective; finished ones that break search.constraints next;
-    unfinished and failed rows last.
+    """One row per trial, best first by the primary objective (finished trials, and paused ones less a margin for
+    validation noise); finished ones that break search.constraints next; unfinished and failed rows last.
 
     Each backend hands plain dicts: trial, state (a nas.trial.TrialState value, or running | waiting),
     reason, any of METRIC_COLS, continues (the trial it continues), and param.<dimension>; whatever is missing
@@ -38,19 +39,26 @@ def frame(trials: list[dict[str, Any]], objectives: list[Objective]) -> pd.DataF
         if t.get("continues") is not None:  # pruner asha: this trial continues a paused one from its checkpoint
             row["continues"] = t["continues"]
         row.update({k: v for k, v in t.items() if k.startswith("param.")})
+        row["_score"] = competing_value(t["state"], objectives[0].metric, t.get(objectives[0].metric, math.nan),
+                                        t.get("val_samples"))
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     primary = objectives[0]
     key = primary.metric
-    df["_rank"] = df["state"].map({"finished": 0}).fillna(2)
-    if "feasible" in df:  # search.constraints: a finished trial that breaks them ranks after those that meet them
-        df.loc[(df["_rank"] == 0) & df["feasible"].isin([False, "False"]), "_rank"] = 1
     if key not in df:
         df[key] = math.nan
-    df = df.sort_values(["_rank", key, "trial"], ascending=[True, primary.resolved_direction == "minimize", True])
-    df = df.drop(columns="_rank").reset_index(drop=True)
+    # Finished trials, and paused ones (pruner asha) by their competing value (nas.trial.competing_value): the
+    # budget may end a search while its best configuration waits at a rung; the rest after them, by their value
+    df["_rank"] = df["state"].map({"finished": 0}).fillna(2)
+    df.loc[(df["state"] == "paused") & df["_score"].notna(), "_rank"] = 0
+    df.loc[df["_rank"] == 2, "_score"] = df[key]
+    if "feasible" in df:  # search.constraints: a finished trial that breaks them ranks after those that meet them,
+        # and a paused one (never measured, so not known to meet them) with those
+        df.loc[(df["_rank"] == 0) & (df["feasible"].isin([False, "False"]) | (df["state"] == "paused")), "_rank"] = 1
+    df = df.sort_values(["_rank", "_score", "trial"], ascending=[True, primary.resolved_direction == "minimize", True])
+    df = df.drop(columns=["_rank", "_score"]).reset_index(drop=True)
     if len(objectives) > 1:  # several objectives: which finished (feasible) trials no other one beats in all
         from nas.front import pareto_mask
 

@@ -24,7 +24,7 @@ from nas.rundir import RunDir, promote_best
 from nas.space import DataInfo, SearchSpace
 from nas.spec.model import STATIC_METRICS, Bound, Objective
 from nas.tracking import Tracker
-from nas.trial import EPOCH_METRICS, TrialResult, TrialState, TrialTask, trial_seed
+from nas.trial import EPOCH_METRICS, TrialResult, TrialState, TrialTask, competing_value, trial_seed
 from nas.worker import Runner
 
 #: the backend's verdict after each epoch: True/"prune", False/"continue", or "pause" (stop with a checkpoint)
@@ -109,6 +109,10 @@ class TrialObjective:
         """search.budget is spent: the running trial stops after this epoch and no new one starts."""
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def seconds_left(self) -> float | None:
+        """Until search.budget's deadline (None without a budget)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
     def checkpoint_path(self, number: int) -> Path:
         return self.run.root / "checkpoints" / f"trial-{number}.npz"
 
@@ -176,14 +180,18 @@ class TrialObjective:
 
     def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,
                runner: Runner) -> bool:
-        """Keep the model only if this trial is the new best by the primary objective (returns whether it is)."""
-        value = result.metrics.get(self.primary.metric, math.nan)
+        """Keep the model only if this trial is the new best by the primary objective (returns whether it is). A
+        paused trial (pruner asha) competes too, less a margin for validation noise (nas.trial.competing_value):
+        the budget may end the search before its rung promotes it."""
+        value = competing_value(result.state, self.primary.metric, result.metrics.get(self.primary.metric, math.nan),
+                                result.metrics.get("val_samples"))
         feasible = all(math.isfinite(v := result.metrics.get(m, math.nan)) and bound.holds(v)
                        for m, bound in self.constraints.items())  # best/ holds the best that meets them
         if feasible and math.isfinite(value) and _better(value, self.best_value, self.primary.resolved_direction):
             self.best_value = value
             promote_best(self.run, model_path, candidate.arch.to_json(), {
-                "trial": number, "params": params, "metrics": result.metrics, "train": candidate.to_dict()["train"],
+                "trial": number, "state": result.state.value, "reason": result.reason, "score": value, "params": params,
+                "metrics": result.metrics, "train": candidate.to_dict()["train"],
                 "device": runner.device, "framework": runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
             return True

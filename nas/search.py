@@ -434,7 +434,8 @@ def _make_objective(s: _Search, deadline: float | None = None, budget_plan: Any 
                                trial_tags={"nas.host": socket.gethostname(),
                                            "nas.owner": str(s.run_dir.read_meta().get("uid", ""))})
     reporter.search_started(total=s.backend.total, counts=s.backend.counts(), epochs=s.backend.epochs,
-                            best=best_value if primary.metric == "val_accuracy" else None)
+                            best=current_best_value(s.run_dir, primary.metric, competing=False)
+                            if primary.metric == "val_accuracy" else None)
     return reporter, objective
 
 
@@ -485,12 +486,14 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
         from nas.report import report_after_search
 
         report_after_search(run_dir.root, console)
-    if not finished:
+    if not finished and best_trial is None:
         raise NasError(f"no trial finished, so there is no best model ({head}: {tally}).{_common(reasons(df))}\n"
                        "Fix the space (see `nas validate`) or the training settings, then rerun.")
     if best_trial is not None:
+        paused = ("; it was paused at a rung, not yet promoted, when the search ended: its best epoch still beat "
+                  "every finished trial" if best_metrics.get("state") == TrialState.PAUSED else "")
         console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
-                      f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out)")
+                      f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out){paused}")
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")
     if spec.tracking.enabled:
         console.print(f"MLflow: experiment {spec.tracking.experiment or spec.name!r} in {s.uri}; browse with `nas ui`")
@@ -533,7 +536,10 @@ def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, descr
     best_metrics = {
         "trial": best_trial,
         "val_accuracy_search": trial_info["metrics"].get("val_accuracy"),
+        # "paused": its best epoch beat every finished trial while it waited at a rung (pruner asha)
+        "state": trial_info.get("state", "finished"),
         **measured,
+        "best_epoch": trial_info["metrics"].get("best_epoch"),
         "params": trial_info["metrics"].get("params"),
         "flops": trial_info["metrics"].get("flops"),
         "framework": trial_info.get("framework", "tensorflow"),
@@ -553,10 +559,12 @@ def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, descr
     return best_trial, best_metrics
 
 
-def current_best_value(run: RunDir, metric: str) -> float | None:
-    """The primary objective of the model in best/ (what a new trial must beat), if there is one."""
+def current_best_value(run: RunDir, metric: str, competing: bool = True) -> float | None:
+    """The primary objective of the model in best/, if there is one: what a new trial must beat, its competing
+    value (nas.trial.competing_value) where trial.json records one; with `competing=False` the value itself."""
     try:
-        value = json.loads((run.best / "trial.json").read_text())["metrics"].get(metric)
+        info = json.loads((run.best / "trial.json").read_text())
+        value = info["score"] if competing and "score" in info else info["metrics"].get(metric)
     except (OSError, ValueError, KeyError):
         return None
     return float(value) if value is not None and math.isfinite(value) else None

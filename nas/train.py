@@ -102,6 +102,7 @@ class _EpochCallback(keras.callbacks.Callback):
         self.stop_at, self.mid_epoch = task.stop_at, False  # search.budget's deadline, and whether it cut an epoch
         self.epochs = task.epochs
         self.val_loss_scale = 1.0  # undoes the padding of the last validation batch (nas.data.pipeline.Padding)
+        self.val_samples = math.nan  # how many images val_accuracy is measured on (its noise: nas.trial)
 
     def progress(self) -> dict[str, Any]:
         return {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
@@ -180,7 +181,8 @@ class _EpochCallback(keras.callbacks.Callback):
 def _result(state: TrialState, reason: str | None, cb: _EpochCallback, started: float,
             model_path: str | None = None, traceback: str | None = None) -> TrialResult:
     metrics = {**cb.best, "best_epoch": float(cb.best_epoch or math.nan),
-               "epochs_run": float(len(cb.history) - cb.resumed_at), "wall_time_s": time.perf_counter() - started}
+               "epochs_run": float(len(cb.history) - cb.resumed_at), "wall_time_s": time.perf_counter() - started,
+               "val_samples": cb.val_samples}
     return TrialResult(state, reason, metrics, cb.history, model_path=model_path, traceback=traceback)
 
 
@@ -250,6 +252,7 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
     eval_batch = max(cfg.batch_size, 256)
     val_ds = eval_dataset(splits.val, num_classes=arch.num_classes, batch_size=eval_batch, whole=whole)
     cb.val_loss_scale = padding(len(splits.val.y), eval_batch, whole).loss_scale
+    cb.val_samples = float(len(splits.val.y))
     try:
         prev = 0
         for end, part in spans:
@@ -276,11 +279,16 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
     beats = task.save_threshold is None or (best_value is not None and (
         best_value > task.save_threshold if task.mode == "maximize" else best_value < task.save_threshold))
     finished = state == TrialState.FINISHED and cb.best_weights is not None
+    # A paused trial's best epoch may be the search's best model too: the budget can end a search while its best
+    # configurations wait at a rung (nas.objective keeps it if it beats every other trial)
+    keep = bool(beats and task.save_model_to and cb.best_weights is not None and state in (
+        TrialState.FINISHED, TrialState.PAUSED))
+    measure = finished and bool(task.measure)
     shipped = None
-    if finished and (task.measure or task.save_model_to and beats):
+    if measure or keep:
         model.set_weights(cb.best_weights)
         shipped = float32_copy(model, arch)
-    if shipped is not None and task.save_model_to and beats:
+    if shipped is not None and keep and task.save_model_to:
         path = Path(task.save_model_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.keras")  # write then rename: a kill never leaves half a model
@@ -288,7 +296,7 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
         tmp.replace(path)
         model_path = str(path)
     result = _result(state, reason, cb, started, model_path=model_path)
-    if shipped is not None and task.measure:
+    if shipped is not None and measure:
         try:
             result.metrics.update(deployed.measure(shipped, splits, task.measure, on=task.measure_on,
                                                    calibration_samples=task.calibration_samples, seed=task.seed))

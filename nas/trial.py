@@ -58,6 +58,26 @@ def describe_tally(counts: dict[TrialState, int]) -> str:
     return ", ".join(parts)
 
 
+#: a paused trial (pruner asha) becomes the best model only by leading by this many standard errors of the
+#: difference of two validation accuracies: past the noise of the validation split, where the max of many
+#: low-fidelity scores would otherwise win by luck (README, "pruner: asha")
+PAUSED_LEAD = 2.0
+
+
+def competing_value(state: str, metric: str, value: float, val_samples: float | None) -> float:
+    """What a trial's primary objective `value` counts for when the best model is chosen (best/, the leaderboard's
+    order, a shared study's winner): a finished trial's value; a paused trial's val_accuracy less PAUSED_LEAD
+    standard errors, sqrt(2 p (1 - p) / n) on n validation images; NaN (out of the running) for any other trial,
+    and for a paused one on another metric or of unknown n."""
+    if state == TrialState.FINISHED:
+        return value
+    if state != TrialState.PAUSED or metric != "val_accuracy" or not val_samples or not math.isfinite(val_samples) \
+            or not math.isfinite(value):
+        return math.nan
+    p = min(max(value, 0.0), 1.0)
+    return value - PAUSED_LEAD * math.sqrt(2 * p * (1 - p) / val_samples)
+
+
 def trial_seed(search_seed: int, number: int) -> int:
     """The seed trial `number` trains with; export retrains the winner with the same one."""
     return search_seed + number
@@ -75,7 +95,7 @@ class TrialTask:
     seed: int
     epochs: int  # budget: kept apart from the sampled params
     initial_epoch: int = 0
-    save_model_to: str | None = None  # write the best-epoch model here (.keras) when the trial finishes
+    save_model_to: str | None = None  # write the best-epoch model here (.keras) when the trial finishes or pauses
     monitor: str = "val_accuracy"  # which epoch is "best" (weights kept, metrics reported)
     mode: str = "maximize"
     save_threshold: float | None = None  # save only if the best monitored value beats this (the current best)
@@ -103,7 +123,7 @@ class TrialResult:
     reason: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-    model_path: str | None = None  # the best-epoch model, saved when the trial finished and may be the new best
+    model_path: str | None = None  # the best-epoch model, saved when the trial finished or paused and may be best
     traceback: str | None = None  # of an unexpected error, for --debug and the MLflow run
     tags: dict[str, str] = field(default_factory=dict)  # notes from the worker for the MLflow run (nas.*)
 

@@ -36,8 +36,13 @@ search:
 class Scripted:
     """Stands in for TrialObjective: the result depends on the params, and each epoch asks the pruner."""
 
+    stages = ()  # every epoch on all the training data
+
     def out_of_time(self) -> bool:  # no search.budget here
         return False
+
+    def seconds_left(self) -> float | None:
+        return None
 
     def __init__(self, fail: set[int] = frozenset(), invalid: set[int] = frozenset(), diverge: set[int] = frozenset()):
         self.fail, self.invalid, self.diverge, self.calls = fail, invalid, diverge, []
@@ -180,11 +185,13 @@ class Pausing(Scripted):
             metrics = {"val_accuracy": score * epoch / epochs, "val_loss": 1 - score}
             self.reached[number] = epoch
             verdict = should_prune(epoch, metrics)
+            if verdict == "stop":  # search.budget spent (Clocked)
+                break
             if verdict in ("pause", True, "prune"):
                 self.spans.append((number, resume_of, start, epoch))
                 return TrialResult("paused", f"paused at epoch {epoch}", {**metrics, "epochs_run": float(epoch - start + 1)})
-        self.spans.append((number, resume_of, start, epochs))
-        return TrialResult("finished", None, {**metrics, "epochs_run": float(epochs - start + 1)})
+        self.spans.append((number, resume_of, start, epoch))
+        return TrialResult("finished", None, {**metrics, "epochs_run": float(epoch - start + 1)})
 
 
 def test_asha_pauses_at_rungs_and_continues_the_top_third_from_where_they_stopped(tmp_path: Path) -> None:
@@ -258,3 +265,120 @@ def test_a_finished_search_leaves_its_study_without_wal_files(tiny_spec, tmp_pat
     with sqlite3.connect(run / "study.db") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert con.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 1
+
+
+class Clocked(Pausing):
+    """Pausing on a simulated clock: every epoch takes `epoch_s` seconds of a `budget_s` search.budget, and a
+    trial still training at the deadline stops there (as the real trials do)."""
+
+    stages = ()
+
+    def __init__(self, budget_s: float, epoch_s: float = 10.0) -> None:
+        super().__init__()
+        self.budget_s, self.epoch_s, self.clock = budget_s, epoch_s, 0.0
+        self.started: dict[int, float] = {}  # trial -> the clock when it began
+
+    def seconds_left(self) -> float:
+        return self.budget_s - self.clock
+
+    def out_of_time(self) -> bool:
+        return self.clock >= self.budget_s
+
+    def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None,
+                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
+        self.started[number] = self.clock
+        start = self.reached[resume_of] + 1 if resume_of is not None else 1
+
+        def prune(epoch: int, metrics: dict[str, float]) -> Any:
+            self.clock += self.epoch_s
+            return "stop" if self.out_of_time() else should_prune(epoch, metrics)
+
+        result = super().__call__(number, params, epochs=epochs, should_prune=prune, checkpoint=checkpoint,
+                                  resume_of=resume_of)
+        result.metrics["wall_time_s"] = result.metrics["epochs_run"] * self.epoch_s
+        return result
+
+
+
+def test_near_the_deadline_the_best_paused_trial_finishes_instead_of_a_new_one_starting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epochs of 10 s, a 600 s budget, rungs at epochs 1 and 3 of 9: a paused trial needs 60-80 s to finish, so in
+    the last ENDGAME x that no new configuration starts while a paused one waits. Without the endgame (the
+    control, ENDGAME 0) new configurations start up to the deadline."""
+    from nas.backends import asha
+
+    spec = SPEC.replace("epochs: 4", "epochs: 9").replace("trials: 6", "trials: 200")
+    window = asha.ENDGAME * 60  # the endgame of the cheapest rest (a pause at epoch 3)
+
+    def late_starts(where: Path) -> list[tuple[int, bool]]:
+        where.mkdir()
+        objective = Clocked(budget_s=600)
+        study, _, reason = run(where, sampler="random", pruner="asha", objective=objective, spec_text=spec)
+        assert reason == "time"
+        trials = {t.number: t for t in study.get_trials()}
+        return [(n, "nas.resume_of" in trials[n].user_attrs) for n, at in sorted(objective.started.items())
+                if 600 - at <= window]
+
+    late = late_starts(tmp_path / "endgame")
+    assert late and all(continues for _, continues in late), late
+    monkeypatch.setattr(asha, "ENDGAME", 0.0)
+    control = late_starts(tmp_path / "control")
+    assert control and not all(continues for _, continues in control), control
+
+
+def test_the_endgame_picks_the_best_paused_trial_once_the_time_left_is_what_it_needs() -> None:
+    from optuna.distributions import FloatDistribution
+
+    from nas.backends.asha import ASHA, ENDGAME, PAUSED_AT, RESUME_OF
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+
+    def paused(x: float, at: int, value: float, ran: int, wall: float) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": x}, distributions=dist, state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={at: value}, user_attrs={PAUSED_AT: at, "epochs_run": ran, "wall_time_s": wall}))
+
+    paused(0.1, 1, 0.70, 1, 20.0)  # 20 s an epoch, 8 to go: 160 s
+    paused(0.2, 3, 0.85, 3, 90.0)  # the best: 30 s an epoch, 6 to go: 180 s
+    paused(0.3, 3, 0.80, 2, 40.0)  # a continuation's pause: 2 epochs of its own in 40 s
+    a = ASHA(1, 9, maximize=True)
+    assert a.endgame(study, ENDGAME * 180 + 1) is None  # time enough for new configurations still
+    assert a.endgame(study, ENDGAME * 180).number == 1
+    assert a.seconds_to_finish(study.trials[2]) == 120.0
+    # with cheap early rungs, the rest of the epochs cost more than the ones it ran: epoch 1 on 1/9 of the data
+    stages = {1: 1 / 9, 2: 1 / 3, 3: 1 / 3}
+    assert a.seconds_to_finish(study.trials[0], lambda e: stages.get(e, 1.0)) == pytest.approx(20 * 9 * (2 / 3 + 6))
+    # once it is queued (or running), the next best is the finalist
+    study.enqueue_trial({"x": 0.2}, user_attrs={RESUME_OF: 1})
+    assert a.finalist(study).number == 2
+    assert ASHA(1, 9, maximize=False).finalist(study).number == 0  # minimizing: the lowest value
+
+
+def test_a_shared_studys_winner_may_be_a_paused_trial_no_one_continued(tmp_path: Path) -> None:
+    """`nas export` of a shared study takes its winner from the study: the same rule as best/ (nas.objective)."""
+    from optuna.distributions import FloatDistribution
+
+    from nas.backends.asha import PAUSED_AT, RESUME_OF
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=ob.make_storage(url), study_name="s", direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+
+    def add(state: Any, val: float, **attrs: Any) -> None:
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": val}, distributions=dist, state=state, value=val if state.name == "COMPLETE" else None,
+            intermediate_values={3: val}, user_attrs={"val_accuracy": val, "val_samples": 6000, **attrs}))
+
+    done, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    add(done, 0.88)
+    add(pruned, 0.95)  # pruned for good (median, pareto): its model was never kept
+    add(pruned, 0.93, **{PAUSED_AT: 3})  # paused, then continued by trial 4: that one stands for it
+    add(pruned, 0.91, **{PAUSED_AT: 3})  # leads 0.88 past the noise of 6,000 images: 0.91 - 0.0105
+    add(done, 0.89, **{RESUME_OF: 2})
+    add(pruned, 0.90, **{PAUSED_AT: 3})  # 0.90 - 0.011: below trial 3's competing value
+    spec = parse_spec(SPEC.replace("SAMPLER", "tpe").replace("PRUNER", "asha"))
+    assert ob.study_winner(url, "s", spec).number == 3
+    constrained = parse_spec(SPEC.replace("SAMPLER", "tpe").replace("PRUNER", "asha")
+                             + "  constraints: {params: '<= 1000'}\n")
+    assert ob.study_winner(url, "s", constrained).number == 4  # a paused trial is never measured against them

@@ -121,3 +121,28 @@ def test_a_checkpoint_for_another_candidate_is_refused(data: tuple[Any, DataInfo
     run_trial(TrialTask(0, small, seed=0, epochs=2, checkpoint_to=str(ckpt)), splits, lambda e, m: "pause")
     out = run_trial(TrialTask(0, wide, seed=0, epochs=2, resume_from=str(ckpt)), splits, lambda e, m: "continue")
     assert out.state == "failed" and "written for another candidate" in (out.reason or "")
+
+
+def test_a_paused_trial_saves_its_best_epoch_when_it_beats_the_best_so_far(data: tuple[Any, DataInfo],
+                                                                          tmp_path: Path) -> None:
+    """A paused trial may be the search's best model (nas.objective): the worker saves its best epoch's weights,
+    as for a finished trial, unless it cannot beat the current best (saving costs time)."""
+    from nas.train import evaluate_model, run_trial
+
+    splits, info = data
+    candidate = SearchSpace(parse_spec(SPEC.replace("TRAIN", "{batch_size: 64, learning_rate: 0.01}"))
+                            ).decode({}, info)
+
+    def pause_at_3(epoch: int, metrics: dict[str, float]) -> str:
+        return "pause" if epoch == 3 else "continue"
+
+    saved = tmp_path / "pending" / "trial-0.keras"
+    result = run_trial(TrialTask(0, candidate, seed=0, epochs=6, save_model_to=str(saved), save_threshold=0.0,
+                                 checkpoint_to=str(tmp_path / "c.npz")), splits, pause_at_3)
+    assert result.state == "paused" and result.model_path == str(saved) and saved.exists()
+    best = max(h["val_accuracy"] for h in result.history)
+    assert result.metrics["val_accuracy"] == best and result.metrics["val_samples"] == len(splits.val.y)
+    assert evaluate_model(str(saved), splits, ("val",))["val_accuracy"] == pytest.approx(best, abs=1e-6)
+    unbeatable = run_trial(TrialTask(1, candidate, seed=0, epochs=6, save_model_to=str(tmp_path / "t1.keras"),
+                                     save_threshold=1.0), splits, pause_at_3)
+    assert unbeatable.state == "paused" and unbeatable.model_path is None and not (tmp_path / "t1.keras").exists()

@@ -9,6 +9,13 @@ ranks in its rung's top third (peers that came later did worse) and, if one does
 checkpoint as a new Optuna trial with the same params, instead of sampling a new configuration. Highest rungs
 first, as in ASHA (Li et al., 2020), in its promotion variant with pause and resume (as Syne Tune's).
 
+Under search.budget the search also has an endgame: once the time left is about what the best paused trial needs
+to finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on
+before any new configuration, whatever its rung's quota. Late in a budget a new configuration can reach an early
+rung at most, and cannot win; the best configuration found so far should not sit paused when the time runs out.
+(A paused trial's best epoch can win the search even so, when it leads every finished trial past the noise of
+the validation split: nas.trial.competing_value.)
+
 So no trial reaches full fidelity for being first (the first trials pause at rung one until peers arrive), no
 promoted trial starts over, and decisions never wait for a synchronous rung: with several workers each one
 takes the next promotion or a new configuration. A configuration is one lineage (a trial and the trials that
@@ -18,6 +25,7 @@ continued it, `nas.resume_of`); it counts once toward search.trials.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -25,6 +33,9 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 ETA = 3  # a rung promotes the top 1/ETA of the configurations that reached it
+#: under a budget, the best paused trial goes on once the time left is below this many times what it needs to finish
+#: (above 1: a worker looks for it only between trials, and a running trial may go on through its rungs meanwhile)
+ENDGAME = 1.5
 RESUME_OF = "nas.resume_of"  # user attr: this trial continues trial N from its checkpoint
 ROOT = "nas.root"  # user attr: the first trial of the lineage (its configuration's identity)
 PAUSED_AT = "nas.paused_at"  # user attr: the epoch at which the trial paused with a checkpoint
@@ -58,7 +69,7 @@ class Rung:
 
 class ASHA:
     def __init__(self, min_epochs: int, epochs: int, maximize: bool):
-        self.levels, self.maximize = rungs(min_epochs, epochs), maximize
+        self.levels, self.maximize, self.epochs = rungs(min_epochs, epochs), maximize, epochs
 
     def _rung(self, trials: list[FrozenTrial], epoch: int) -> Rung:
         values: dict[int, float] = {}
@@ -98,3 +109,37 @@ class ASHA:
         """Queue the continuation of `paused`: the next trial takes its params and resumes its checkpoint."""
         study.enqueue_trial(paused.params, user_attrs={RESUME_OF: paused.number, ROOT: root(paused),
                                                        FROM_RUNG: paused.user_attrs[PAUSED_AT]})
+
+    def finalist(self, study: optuna.Study) -> FrozenTrial | None:
+        """The best paused trial no trial continues yet (by its value where it paused), or None."""
+        trials = study.get_trials(deepcopy=False)
+        taken = {int(t.user_attrs[RESUME_OF]) for t in trials
+                 if RESUME_OF in t.user_attrs and t.state != OptunaState.FAIL}  # continued, running or queued
+
+        def value(t: FrozenTrial) -> float:
+            return t.intermediate_values.get(t.user_attrs[PAUSED_AT], math.nan)
+
+        paused = [t for t in trials if t.state == OptunaState.PRUNED and PAUSED_AT in t.user_attrs
+                  and t.number not in taken and math.isfinite(value(t))]
+        return (max if self.maximize else min)(paused, key=value) if paused else None
+
+    def seconds_to_finish(self, t: FrozenTrial, share: Callable[[int], float] = lambda epoch: 1.0) -> float | None:
+        """What continuing paused trial `t` to the last epoch should take, from its own pace: its seconds per
+        epoch, where an epoch's cost goes with `share(epoch)`, the share of the training data it trains on (cheap
+        early rungs). None when `t` has no pace on record."""
+        at = int(t.user_attrs[PAUSED_AT])
+        ran, wall = t.user_attrs.get("epochs_run"), t.user_attrs.get("wall_time_s")
+        if not ran or not wall or not math.isfinite(ran) or not math.isfinite(wall):
+            return None
+        done = sum(share(e) for e in range(at - int(ran) + 1, at + 1))
+        rest = sum(share(e) for e in range(at + 1, self.epochs + 1))
+        return float(wall) / done * rest if done > 0 else None
+
+    def endgame(self, study: optuna.Study, seconds_left: float,
+                share: Callable[[int], float] = lambda epoch: 1.0) -> FrozenTrial | None:
+        """Under a budget: the best paused trial, when the time left is near what it needs to finish (ENDGAME)."""
+        t = self.finalist(study)
+        if t is None:
+            return None
+        need = self.seconds_to_finish(t, share)
+        return t if need is not None and seconds_left <= ENDGAME * need else None

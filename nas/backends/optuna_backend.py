@@ -25,6 +25,7 @@ from optuna.trial import TrialState as OptunaState
 from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF
 from nas.backends.pareto import CURVE, ParetoPruner
 from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
+from nas.budget import share_at
 from nas.errors import NasError
 from nas.objective import TrialObjective
 from nas.rundir import RunDir
@@ -32,7 +33,7 @@ from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.loader import flat_keys
 from nas.spec.model import MEASURED_METRICS, SearchSpec, Spec
-from nas.trial import TrialState, tally
+from nas.trial import TrialState, competing_value, tally
 
 DONE_STATES = (OptunaState.COMPLETE, OptunaState.PRUNED)  # the trials that count toward search.trials
 BOOTSTRAP = 2  # under search.budget: peers a rung needs before it promotes anyone (Optuna's bootstrap_count)
@@ -235,8 +236,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
                            **({"runner": local.runner} if local.runner is not None else {}), **pausing)
         if paused_at and result.state == TrialState.PAUSED:
             trial.set_user_attr(PAUSED_AT, paused_at[-1])
-        for key in ("params", "flops", "epochs_run", "wall_time_s", "val_accuracy", "val_loss", "accuracy", "loss",
-                    *MEASURED_METRICS, "measure_s"):
+        for key in ("params", "flops", "epochs_run", "wall_time_s", "val_samples", "val_accuracy", "val_loss",
+                    "accuracy", "loss", *MEASURED_METRICS, "measure_s"):
             if key in result.metrics and math.isfinite(result.metrics[key]):
                 trial.set_user_attr(key, result.metrics[key])
         # search.constraints as Optuna's samplers take them (tpe, nsga2 and gp steer by them; random and qmc only
@@ -283,6 +284,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, OptunaState.RUNNING, OptunaState.WAITING))
         if any(t.state == OptunaState.WAITING for t in trials):
             return "run"  # a dead trial's retry or a promotion: it goes before any new configuration
+        if asha is not None and endgame(study):
+            return "run"  # the budget is nearly spent: the best paused trial finishes instead of a new one starting
         if asha is not None and promote(study):
             return "run"  # a paused trial its rung now promotes goes on before any new one, past search.trials too
         new = [t for t in trials if RESUME_OF not in t.user_attrs]
@@ -298,6 +301,16 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         if promoted is not None:
             ASHA.queue(study, promoted)
         return promoted is not None
+
+    def endgame(study: optuna.Study) -> bool:
+        assert asha is not None
+        left = objective.seconds_left()
+        if left is None:
+            return False
+        finalist = asha.endgame(study, left, lambda epoch: share_at(objective.stages, epoch))
+        if finalist is not None:
+            ASHA.queue(study, finalist)
+        return finalist is not None
 
     def work(index: int, runner: Any) -> None:
         nonlocal starting
@@ -389,15 +402,26 @@ def _run_workers(work: Callable[[int, Any], None], runners: list[Any], stop: thr
 
 
 def study_winner(storage_url: str, study_name: str, spec: Spec) -> optuna.trial.FrozenTrial | None:
-    """The finished trial with the best primary objective in a (shared) study, or None."""
+    """The trial with the best primary objective in a (shared) study, or None: a finished one, or a paused one that
+    no trial continued (pruner asha; by its competing value, as best/ is chosen, where no constraints apply)."""
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
     objective = spec.search.objectives[0]
-    done = [t for t in study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,))
-            if t.values and math.isfinite(t.values[0]) and not t.user_attrs.get(SURPLUS)]
+    by = continued(study)
+
+    def value(t: optuna.trial.FrozenTrial) -> float:
+        if t.state == OptunaState.COMPLETE:
+            return float(t.values[0]) if t.values else math.nan
+        if PAUSED_AT in t.user_attrs and t.number not in by and not spec.search.constraints:
+            return competing_value(TrialState.PAUSED, objective.metric,
+                                   float(t.user_attrs.get(objective.metric, math.nan)), t.user_attrs.get("val_samples"))
+        return math.nan
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.PRUNED))
+            if math.isfinite(value(t)) and not t.user_attrs.get(SURPLUS)]
     if not done:
         return None
     pick = max if objective.resolved_direction == "maximize" else min
-    return pick(done, key=lambda t: t.values[0])
+    return pick(done, key=value)
 
 
 def continued(study: optuna.Study) -> dict[int, int]:
