@@ -490,8 +490,8 @@ def _finish(s: _Search, stop_reason: str, elapsed: float) -> SearchSummary:
         raise NasError(f"no trial finished, so there is no best model ({head}: {tally}).{_common(reasons(df))}\n"
                        "Fix the space (see `nas validate`) or the training settings, then rerun.")
     if best_trial is not None:
-        paused = ("; it was paused at a rung, not yet promoted, when the search ended: its best epoch still beat "
-                  "every finished trial" if best_metrics.get("state") == TrialState.PAUSED else "")
+        paused = ("; it was paused at a rung when the search ended, and led every finished trial by more than the "
+                  "noise of the validation split" if best_metrics.get("state") == TrialState.PAUSED else "")
         console.print(f"best: trial {best_trial}, val_accuracy {best_metrics['val_accuracy']:.4f}, "
                       f"test_accuracy {best_metrics['test_accuracy']:.4f} (held out){paused}")
     console.print(f"outputs: {run_dir.root}/ (leaderboard.csv, best/model.keras, best/arch.json, best/metrics.json)")

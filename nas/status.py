@@ -66,7 +66,8 @@ def show(run_dir: Path, console: Console, top: int = 10) -> None:
     console.print(f"progress: {done} of {total if total is not None else '?'} trials done ({tally})")
     if data.best:
         console.print(f"best: trial {data.best.get('trial')}, val_accuracy {_f(data.best.get('val_accuracy'))}, "
-                      f"test_accuracy {_f(data.best.get('test_accuracy'))} (held out)")
+                      f"test_accuracy {_f(data.best.get('test_accuracy'))} (held out)"
+                      + (" (paused at a rung when the search ended)" if data.best.get("state") == "paused" else ""))
     elif not data.finished().empty:
         r = data.finished().iloc[0]
         console.print(f"best so far: trial {int(r['trial'])}, {data.metric} {_f(r[data.metric])} "

@@ -78,7 +78,9 @@ def glance(d: SearchData) -> str:
     if d.best:
         rows.append(("winner", f"trial {_e(d.best.get('trial'))}: val_accuracy {_num(d.best.get('val_accuracy'))}, "
                      f"<b>test_accuracy {_num(d.best.get('test_accuracy'))}</b> (held out, measured once), "
-                     f"{_num(d.best.get('params'), ',.0f')} parameters"))
+                     f"{_num(d.best.get('params'), ',.0f')} parameters"
+                     + ("; paused at a rung when the search ended, it led every finished trial past the noise of "
+                        "the validation split" if d.best.get("state") == "paused" else "")))
     elif d.finished().empty:
         rows.append(("winner", "<b>no trial finished</b>, so there is no best model: see Failures below"))
     else:
