@@ -147,11 +147,16 @@ class TrialObjective:
                 self.tracker.log_epoch(run_id, epoch, metrics)
         self.reporter.trial_started(number, shape.params)
 
+        ended = [time.monotonic()]  # when the last epoch ended (the first one: when the trial began)
+
         def on_epoch(epoch: int, metrics: dict[str, float]) -> str:
             self.tracker.log_epoch(run_id, epoch, metrics)
             self.reporter.epoch(number, epoch, metrics)
             if self.out_of_time():
                 return "stop"  # search.budget: the trial ends here, its best epoch stands
+            now = time.monotonic()
+            # epoch_s: the pace the search's endgame needs at a rung (nas.backends.asha.ASHA.endgame)
+            metrics, ended[0] = {**metrics, "epoch_s": now - ended[0]}, now
             verdict = should_prune(epoch, metrics) if should_prune is not None else "continue"
             return verdict if isinstance(verdict, str) else ("prune" if verdict else "continue")
 

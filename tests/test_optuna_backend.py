@@ -291,7 +291,7 @@ class Clocked(Pausing):
 
         def prune(epoch: int, metrics: dict[str, float]) -> Any:
             self.clock += self.epoch_s
-            return "stop" if self.out_of_time() else should_prune(epoch, metrics)
+            return "stop" if self.out_of_time() else should_prune(epoch, {**metrics, "epoch_s": self.epoch_s})
 
         result = super().__call__(number, params, epochs=epochs, should_prune=prune, checkpoint=checkpoint,
                                   resume_of=resume_of)
@@ -308,7 +308,7 @@ def test_near_the_deadline_the_best_paused_trial_finishes_instead_of_a_new_one_s
     from nas.backends import asha
 
     spec = SPEC.replace("epochs: 4", "epochs: 9").replace("trials: 6", "trials: 200")
-    window = asha.ENDGAME * 60  # the endgame of the cheapest rest (a pause at epoch 3)
+    window = asha.ENDGAME * 60 + 10  # the endgame of the cheapest rest (a pause at epoch 3), and a first rung
 
     def late_starts(where: Path) -> list[tuple[int, bool]]:
         where.mkdir()
@@ -324,6 +324,38 @@ def test_near_the_deadline_the_best_paused_trial_finishes_instead_of_a_new_one_s
     monkeypatch.setattr(asha, "ENDGAME", 0.0)
     control = late_starts(tmp_path / "control")
     assert control and not all(continues for _, continues in control), control
+
+
+class LateStar(Clocked):
+    """Clocked, where every configuration that starts after `star_at` seconds is the best yet (its learning rate
+    set to the best one): it ranks first at every rung, so its rungs would let it go on to the last epoch."""
+
+    def __init__(self, budget_s: float, star_at: float) -> None:
+        super().__init__(budget_s)
+        self.star_at, self.stars = star_at, set()
+
+    def __call__(self, number: int, params: dict[str, Any], **kw: Any) -> TrialResult:
+        if self.clock >= self.star_at and kw.get("resume_of") is None or kw.get("resume_of") in self.stars:
+            self.stars.add(number)
+            params = {**params, "train.learning_rate": 10 ** -2.5}
+        return super().__call__(number, params, **kw)
+
+
+def test_a_trial_going_on_through_its_rungs_late_pauses_so_the_finalist_can_finish(tmp_path: Path) -> None:
+    """The 1-hour bench's failure: near the deadline a new configuration ranked first at its rungs and went on
+    through them to the deadline, while the best paused trial, further along, never finished. At each rung the
+    endgame's test is made too: the late star pauses there and the finalist goes on at once."""
+    spec = SPEC.replace("epochs: 4", "epochs: 9").replace("trials: 6", "trials: 200")
+    objective = LateStar(budget_s=600, star_at=470)
+    study, _, reason = run(tmp_path, sampler="random", pruner="asha", objective=objective, spec_text=spec)
+    trials = {t.number: t for t in study.get_trials()}
+    stars = sorted(n for n in objective.stars if "nas.resume_of" not in trials[n].user_attrs)
+    assert stars, "no configuration started late"
+    star = stars[0]
+    assert trials[star].user_attrs.get("nas.paused_at") == 1, objective.spans  # it paused at its first rung
+    after = [n for n in sorted(objective.started) if n > star]
+    assert after and "nas.resume_of" in trials[after[0]].user_attrs  # a paused trial went on next
+    assert objective.reached[after[0]] == 9 and trials[after[0]].state.name == "COMPLETE", objective.spans
 
 
 def test_the_endgame_picks_the_best_paused_trial_once_the_time_left_is_what_it_needs() -> None:
@@ -343,8 +375,20 @@ def test_the_endgame_picks_the_best_paused_trial_once_the_time_left_is_what_it_n
     paused(0.2, 3, 0.85, 3, 90.0)  # the best: 30 s an epoch, 6 to go: 180 s
     paused(0.3, 3, 0.80, 2, 40.0)  # a continuation's pause: 2 epochs of its own in 40 s
     a = ASHA(1, 9, maximize=True)
-    assert a.endgame(study, ENDGAME * 180 + 1) is None  # time enough for new configurations still
-    assert a.endgame(study, ENDGAME * 180).number == 1
+    # a new configuration would first take the median pace (20 s) to its first rung (epoch 1)
+    assert a.first_rung_seconds(study) == 20.0
+    assert a.endgame(study, ENDGAME * 180 + 20 + 1) is None  # time enough for new configurations still
+    assert a.endgame(study, ENDGAME * 180 + 20).number == 1
+    # a running trial at a rung: going on to its next stop (then) must leave the finalist its time, if it is
+    # behind the finalist (rung 1 < 3, or rung 3 with a lower value)
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.4}, distributions=dist,
+                                              state=optuna.trial.TrialState.RUNNING))
+    assert a.endgame(study, 400, then=100, behind=(3, 1, 0.99)) is None  # 300 left after: enough
+    assert a.endgame(study, 360, then=100, behind=(3, 1, 0.99)).number == 1  # 260 left after: too little
+    assert a.endgame(study, 360, then=100, behind=(3, 3, 0.84)).number == 1  # same rung, worse
+    assert a.endgame(study, 360, then=100, behind=(3, 3, 0.90)) is None  # same rung, better: it goes on
+    assert a.endgame(study, 10, then=100, behind=(3, 9, 0.50)) is None  # further along than the finalist
+    assert [a.next_stop(e) for e in (1, 2, 3, 8)] == [3, 3, 9, 9]
     assert a.seconds_to_finish(study.trials[2]) == 120.0
     # with cheap early rungs, the rest of the epochs cost more than the ones it ran: epoch 1 on 1/9 of the data
     stages = {1: 1 / 9, 2: 1 / 3, 3: 1 / 3}

@@ -11,8 +11,13 @@ first, as in ASHA (Li et al., 2020), in its promotion variant with pause and res
 
 Under search.budget the search also has an endgame: once the time left is about what the best paused trial needs
 to finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on
-before any new configuration, whatever its rung's quota. Late in a budget a new configuration can reach an early
-rung at most, and cannot win; the best configuration found so far should not sit paused when the time runs out.
+before anything else, whatever its rung's quota. Late in a budget a new configuration can reach an early rung at
+most, and cannot win; the best configuration found so far should not sit paused when the time runs out. The test
+is made wherever time could go elsewhere: before a new configuration (counting what it would take to reach its
+first rung), and at each rung a running trial passes (counting what going on to its next stop would take). A
+running trial behind the finalist then pauses and the finalist is queued at once, so that no late promotion runs
+out the clock (a 1-hour search lost its finalist so: the endgame waited between trials while a new configuration
+went on through its rungs to the deadline).
 (A paused trial's best epoch can win the search even so, when it leads every finished trial past the noise of
 the validation split: nas.trial.competing_value.)
 
@@ -25,6 +30,7 @@ continued it, `nas.resume_of`); it counts once toward search.trials.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,7 +40,7 @@ from optuna.trial import TrialState as OptunaState
 
 ETA = 3  # a rung promotes the top 1/ETA of the configurations that reached it
 #: under a budget, the best paused trial goes on once the time left is below this many times what it needs to finish
-#: (above 1: a worker looks for it only between trials, and a running trial may go on through its rungs meanwhile)
+#: (above 1: the paces are estimates, and the first epoch of a continuation pays its start-up)
 ENDGAME = 1.5
 RESUME_OF = "nas.resume_of"  # user attr: this trial continues trial N from its checkpoint
 ROOT = "nas.root"  # user attr: the first trial of the lineage (its configuration's identity)
@@ -123,23 +129,57 @@ class ASHA:
                   and t.number not in taken and math.isfinite(value(t))]
         return (max if self.maximize else min)(paused, key=value) if paused else None
 
+    @staticmethod
+    def _pace(t: FrozenTrial, last: int, share: Callable[[int], float]) -> float | None:
+        """`t`'s seconds per epoch on all the training data, from the epochs it ran up to `last` (None: no record)."""
+        ran, wall = t.user_attrs.get("epochs_run"), t.user_attrs.get("wall_time_s")
+        if not ran or not wall or not math.isfinite(ran) or not math.isfinite(wall):
+            return None
+        done = sum(share(e) for e in range(last - int(ran) + 1, last + 1))
+        return float(wall) / done if done > 0 else None
+
     def seconds_to_finish(self, t: FrozenTrial, share: Callable[[int], float] = lambda epoch: 1.0) -> float | None:
         """What continuing paused trial `t` to the last epoch should take, from its own pace: its seconds per
         epoch, where an epoch's cost goes with `share(epoch)`, the share of the training data it trains on (cheap
         early rungs). None when `t` has no pace on record."""
         at = int(t.user_attrs[PAUSED_AT])
-        ran, wall = t.user_attrs.get("epochs_run"), t.user_attrs.get("wall_time_s")
-        if not ran or not wall or not math.isfinite(ran) or not math.isfinite(wall):
-            return None
-        done = sum(share(e) for e in range(at - int(ran) + 1, at + 1))
-        rest = sum(share(e) for e in range(at + 1, self.epochs + 1))
-        return float(wall) / done * rest if done > 0 else None
+        pace = self._pace(t, at, share)
+        return None if pace is None else pace * sum(share(e) for e in range(at + 1, self.epochs + 1))
 
-    def endgame(self, study: optuna.Study, seconds_left: float,
-                share: Callable[[int], float] = lambda epoch: 1.0) -> FrozenTrial | None:
-        """Under a budget: the best paused trial, when the time left is near what it needs to finish (ENDGAME)."""
+    def first_rung_seconds(self, study: optuna.Study, share: Callable[[int], float] = lambda epoch: 1.0) -> float:
+        """What a new configuration should take to reach the first rung: the median pace of the trials so far."""
+        paces = []
+        for t in study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.PRUNED)):
+            if t.intermediate_values:
+                pace = self._pace(t, int(t.user_attrs.get(PAUSED_AT, max(t.intermediate_values))), share)
+                if pace is not None:
+                    paces.append(pace)
+        first = self.levels[0] if self.levels else self.epochs
+        return statistics.median(paces) * sum(share(e) for e in range(1, first + 1)) if paces else 0.0
+
+    def endgame(self, study: optuna.Study, seconds_left: float, share: Callable[[int], float] = lambda epoch: 1.0,
+                then: float | None = None, behind: tuple[int, int, float] | None = None) -> FrozenTrial | None:
+        """Under a budget: the best paused trial, once doing something else first would leave less than ENDGAME
+        times what it needs to finish. That something else takes `then` seconds: going on to the next rung for
+        a running trial, or reaching the first rung for a new configuration (the default). `behind` = (number,
+        epoch, value) of a running trial at a rung: the finalist must be ahead of it (paused at a later rung,
+        or at the same one with a better value), else the running trial is the better bet and goes on."""
         t = self.finalist(study)
         if t is None:
             return None
+        if behind is not None:
+            number, epoch, value = behind
+            at, theirs = int(t.user_attrs[PAUSED_AT]), t.intermediate_values[t.user_attrs[PAUSED_AT]]
+            mine = next(x for x in study.get_trials(deepcopy=False) if x.number == number)
+            if root(t) == root(mine) or at < epoch or (at == epoch and not (theirs > value if self.maximize
+                                                                              else theirs < value)):
+                return None
         need = self.seconds_to_finish(t, share)
-        return t if need is not None and seconds_left <= ENDGAME * need else None
+        if need is None:
+            return None
+        then = self.first_rung_seconds(study, share) if then is None else then
+        return t if seconds_left - then <= ENDGAME * need else None
+
+    def next_stop(self, epoch: int) -> int:
+        """The epoch where a trial going on from `epoch` next stops: the next rung, or the last epoch."""
+        return next((r for r in self.levels if r > epoch), self.epochs)

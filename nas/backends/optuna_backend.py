@@ -224,6 +224,9 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
             trial.report(value, epoch)
             if asha is not None:
                 verdict = asha.decide(study, trial.number, epoch)
+                if verdict == "continue" and epoch in asha.levels and \
+                        yield_to_endgame(trial.number, epoch, value, metrics.get("epoch_s", math.nan)):
+                    verdict = "pause"
                 if verdict == "pause":
                     paused_at.append(epoch)
                 return verdict
@@ -310,6 +313,24 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         finalist = asha.endgame(study, left, lambda epoch: share_at(objective.stages, epoch))
         if finalist is not None:
             ASHA.queue(study, finalist)
+        return finalist is not None
+
+    def yield_to_endgame(number: int, epoch: int, value: float, epoch_s: float) -> bool:
+        """At a rung a running trial passes: True (it pauses) when going on to its next stop would leave the best
+        paused trial too little time to finish, which is then queued to go on next."""
+        assert asha is not None
+        left = objective.seconds_left()
+        if left is None or not math.isfinite(epoch_s):
+            return False
+
+        def share(e: int) -> float:
+            return share_at(objective.stages, e)
+
+        then = epoch_s / share(epoch) * sum(share(e) for e in range(epoch + 1, asha.next_stop(epoch) + 1))
+        with lock:
+            finalist = asha.endgame(study, left, share, then=then, behind=(number, epoch, value))
+            if finalist is not None:
+                ASHA.queue(study, finalist)
         return finalist is not None
 
     def work(index: int, runner: Any) -> None:
