@@ -131,6 +131,7 @@ class BudgetPlan:
     spent_s: float = 0.0  # of the budget, before the first trial: start-up (data, MLflow, worker) and the probe
     stages: Stages = ()  # cheap early rungs (rung_stages); () = every epoch on all the training data
     trials_left: int | None = None  # search.trials less the trials already done: the search's other end
+    endgame: float = 0.0  # search.endgame: the budget's last share goes to the best paused trial (asha)
 
     @property
     def left_s(self) -> float:
@@ -195,7 +196,7 @@ class BudgetPlan:
             prev = r
             if i < len(rungs) - 1:
                 share /= self.keep
-        n = self.left_s / cost
+        n = self.left_s * (1 - self.endgame) / cost  # the endgame's share trains the finalist on, not new ones
         return n, n * share, epoch
 
     def _typical_trial_seconds(self) -> float:
@@ -221,6 +222,9 @@ class BudgetPlan:
             *([f"early rungs on class-stratified subsets: {describe_stages(self.stages)}"] if self.stages else []),
             f"expected: about {n:.0f} candidates looked at, about {full:.1f} trained to full fidelity "
             f"({self.epochs} epochs, about {_fmt_time(self._typical_trial_seconds())} each)",
+            *([f"endgame: in the last {_fmt_time(self.endgame * self.budget_s)} ({self.endgame:.0%}, search.endgame) "
+               f"the best paused trial goes on before anything else, and trains on past {self.epochs} epochs while "
+               "it improves when its learning rate is a plain constant"] if self.endgame else []),
         ]
         cap = self.max_flops
         if cap is not None:
@@ -288,5 +292,7 @@ def plan_budget(spec: Any, info: DataInfo, splits: Any, runner: Any, seconds: fl
     return BudgetPlan(seconds, epochs or spec.train.epochs, len(splits.train.y), len(splits.val.y), probes,
                       tuple(flops), spec.search.pruner, spec.search.warmup_epochs, time.monotonic() - started,
                       stages=early_rungs(spec, len(splits.train.y), epochs),
+                      endgame=spec.search.endgame if spec.search.pruner == "asha" and spec.search.backend == "optuna"
+                      and len(spec.search.objectives) == 1 else 0.0,
                       # KerasTuner's Hyperband sets its own trial count
                       trials_left=max(0, spec.search.trials - trials_done) if spec.search.backend == "optuna" else None)

@@ -84,7 +84,8 @@ class RichReporter:
         c = self.c
         if not c.running:
             return [Text("between trials", "cyan")]
-        return [Text(f"trial {n} epoch {epoch}/{c.epochs} val_acc {_fmt(val)}", "cyan")
+        return [Text(f"trial {n} epoch {epoch}/{c.epochs}" + (" (the endgame: training on)" if epoch > c.epochs else "")
+                     + f" val_acc {_fmt(val)}", "cyan")
                 for n, (epoch, val) in sorted(c.running.items())]
 
     def _render(self) -> Group:

@@ -229,6 +229,8 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
     # span of all of it without stages); validation is the same throughout.
     stages = task.stages or ((task.epochs, 1.0),)
     spans = [(min(end, task.epochs), subset(splits.train, share)) for end, share in stages]
+    if spans[-1][0] < task.epochs:  # the endgame's finalist trains on past train.epochs: on all the data
+        spans.append((task.epochs, splits.train))
     # XLA compiles a step once per batch shape: whole batches spare every trial a second compile (nas.data.pipeline)
     whole = _compiles_with_xla(trainer, jit)
     # The schedule spans the trial's planned steps over every span (not where a prune or early stop ends it),

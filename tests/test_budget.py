@@ -24,6 +24,18 @@ def budget_plan(budget_s: float = 1800, pruner: str = "successive_halving", epoc
                       kw.pop("warmup", 1), 4.0)
 
 
+def test_the_endgames_share_of_the_budget_is_in_the_plan() -> None:
+    """search.endgame 0.2: the plan looks at a fifth fewer candidates, and says where the rest of the time goes."""
+    from dataclasses import replace
+
+    plain = budget_plan(pruner="asha")
+    p = replace(plain, endgame=0.2)
+    assert p.expected()[0] == pytest.approx(0.8 * plain.expected()[0])
+    assert "endgame: in the last 6.0m (20%, search.endgame) the best paused trial goes on before anything else, " \
+           "and trains on past 12 epochs" in " ".join(p.lines())
+    assert not any(line.startswith("endgame") for line in plain.lines())
+
+
 def test_epoch_cost_is_read_off_the_line_through_the_probes() -> None:
     p = budget_plan()
     assert p.seconds_per_sample(1 * MF) == pytest.approx(1e-4) and p.seconds_per_sample(100 * MF) == pytest.approx(3e-3)

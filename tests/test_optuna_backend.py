@@ -355,7 +355,35 @@ def test_a_trial_going_on_through_its_rungs_late_pauses_so_the_finalist_can_fini
     assert trials[star].user_attrs.get("nas.paused_at") == 1, objective.spans  # it paused at its first rung
     after = [n for n in sorted(objective.started) if n > star]
     assert after and "nas.resume_of" in trials[after[0]].user_attrs  # a paused trial went on next
-    assert objective.reached[after[0]] == 9 and trials[after[0]].state.name == "COMPLETE", objective.spans
+    # it finishes its epochs before the deadline (and trains on past them: search.endgame is on by default)
+    assert objective.reached[after[0]] >= 9 and trials[after[0]].state.name == "COMPLETE", objective.spans
+
+
+@pytest.mark.parametrize("share", [0.3, 0.0])
+def test_in_the_endgames_share_of_the_budget_the_finalist_trains_on_past_train_epochs(
+        tmp_path: Path, share: float) -> None:
+    """search.endgame 0.3 of a 600 s budget: from 180 s before the deadline (and a first rung's 10 s) no new
+    configuration starts; the best paused trial goes on, to the deadline, past train.epochs (9): its learning
+    rate is a plain constant. With search.endgame 0 no trial trains past train.epochs."""
+    spec = SPEC.replace("epochs: 4", "epochs: 9").replace("trials: 6", f"trials: 200\n  budget: 10m\n  endgame: {share}")
+    objective = Clocked(budget_s=600)
+    study, _, reason = run(tmp_path, sampler="random", pruner="asha", objective=objective, spec_text=spec)
+    assert reason == "time"
+    trials = {t.number: t for t in study.get_trials()}
+    longest = max(objective.reached.values())
+    if share == 0:
+        assert longest <= 9 and not any("nas.epochs" in t.user_attrs for t in trials.values())
+        return
+    late = [n for n, at in sorted(objective.started.items()) if at >= 600 - 180 - 10]
+    assert late and all("nas.resume_of" in trials[n].user_attrs for n in late), late
+    first = late[0]
+    parent = trials[trials[first].user_attrs["nas.resume_of"]]
+    paused = [t for t in trials.values() if "nas.paused_at" in t.user_attrs and t.number < first
+              and not any(x.user_attrs.get("nas.resume_of") == t.number for x in trials.values() if x.number < first)]
+    value = {t.number: t.intermediate_values[t.user_attrs["nas.paused_at"]] for t in paused}
+    assert parent.number == max(value, key=value.get)  # the best paused trial was the finalist
+    assert trials[first].user_attrs["nas.epochs"] > 9 and objective.reached[first] > 9  # it trained on past 9
+    assert objective.started[first] + (objective.reached[first] - parent.user_attrs["nas.paused_at"]) * 10 >= 590
 
 
 def test_the_endgame_picks_the_best_paused_trial_once_the_time_left_is_what_it_needs() -> None:
@@ -389,6 +417,11 @@ def test_the_endgame_picks_the_best_paused_trial_once_the_time_left_is_what_it_n
     assert a.endgame(study, 360, then=100, behind=(3, 3, 0.90)) is None  # same rung, better: it goes on
     assert a.endgame(study, 10, then=100, behind=(3, 9, 0.50)) is None  # further along than the finalist
     assert [a.next_stop(e) for e in (1, 2, 3, 8)] == [3, 3, 9, 9]
+    # search.endgame's reserve: the endgame begins once the time left is below it, whatever the need
+    assert a.endgame(study, 1000, reserve=900) is None
+    assert a.endgame(study, 1000, reserve=1000 - 20).number == 1
+    # what the finalist trains to in the time left, at its pace (30 s an epoch from epoch 3), never below 9
+    assert [a.epochs_within(study.trials[1], s) for s in (100, 300, 329, 330)] == [9, 13, 13, 14]
     assert a.seconds_to_finish(study.trials[2]) == 120.0
     # with cheap early rungs, the rest of the epochs cost more than the ones it ran: epoch 1 on 1/9 of the data
     stages = {1: 1 / 9, 2: 1 / 3, 3: 1 / 3}

@@ -91,6 +91,12 @@ def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(builds:
                                  lambda e, m: "prune")
     assert pruned.state == "pruned" and pruned.metrics["epochs_run"] == 1  # pruned in the first span: no more spans
 
+    # the endgame's finalist trains past the stages' last epoch (train.epochs): on all the data
+    seen.clear()
+    longer = nas.train.run_trial(TrialTask(2, candidate, seed=0, epochs=6, stages=stages), splits, on_epoch)
+    assert longer.state == "finished" and longer.metrics["epochs_run"] == 6
+    assert seen == list(np.cumsum(steps + steps[-1:] * 2)), seen
+
 
 ASHA_SPEC = """\
 name: asha

@@ -11,7 +11,9 @@ first, as in ASHA (Li et al., 2020), in its promotion variant with pause and res
 
 Under search.budget the search also has an endgame: once the time left is about what the best paused trial needs
 to finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on
-before anything else, whatever its rung's quota. Late in a budget a new configuration can reach an early rung at
+before anything else, whatever its rung's quota, and no later rung pauses it again. search.endgame (a share of
+the budget) starts the endgame earlier, and then the finalist trains on past train.epochs to the deadline while it
+improves (when its learning rate is a plain constant). Late in a budget a new configuration can reach an early rung at
 most, and cannot win; the best configuration found so far should not sit paused when the time runs out. The test
 is made wherever time could go elsewhere: before a new configuration (counting what it would take to reach its
 first rung), and at each rung a running trial passes (counting what going on to its next stop would take). A
@@ -44,6 +46,8 @@ ETA = 3  # a rung promotes the top 1/ETA of the configurations that reached it
 ENDGAME = 1.5
 RESUME_OF = "nas.resume_of"  # user attr: this trial continues trial N from its checkpoint
 ROOT = "nas.root"  # user attr: the first trial of the lineage (its configuration's identity)
+FINALIST = "nas.finalist"  # user attr: the endgame's continuation; no rung pauses it again
+EPOCHS = "nas.epochs"  # user attr: a continuation trains to this epoch, past train.epochs (the endgame's finalist)
 PAUSED_AT = "nas.paused_at"  # user attr: the epoch at which the trial paused with a checkpoint
 FROM_RUNG = "nas.from_rung"  # user attr: the rung a continuation was promoted from
 
@@ -111,10 +115,14 @@ class ASHA:
         return None
 
     @staticmethod
-    def queue(study: optuna.Study, paused: FrozenTrial) -> None:
-        """Queue the continuation of `paused`: the next trial takes its params and resumes its checkpoint."""
+    def queue(study: optuna.Study, paused: FrozenTrial, finalist: bool = False, epochs: int | None = None) -> None:
+        """Queue the continuation of `paused`: the next trial takes its params and resumes its checkpoint. The
+        endgame's `finalist` goes on through its later rungs without pausing again, to `epochs` if given (past
+        train.epochs) instead of train.epochs."""
         study.enqueue_trial(paused.params, user_attrs={RESUME_OF: paused.number, ROOT: root(paused),
-                                                       FROM_RUNG: paused.user_attrs[PAUSED_AT]})
+                                                       FROM_RUNG: paused.user_attrs[PAUSED_AT],
+                                                       **({FINALIST: True} if finalist else {}),
+                                                       **({EPOCHS: epochs} if epochs is not None else {})})
 
     def finalist(self, study: optuna.Study) -> FrozenTrial | None:
         """The best paused trial no trial continues yet (by its value where it paused), or None."""
@@ -158,12 +166,14 @@ class ASHA:
         return statistics.median(paces) * sum(share(e) for e in range(1, first + 1)) if paces else 0.0
 
     def endgame(self, study: optuna.Study, seconds_left: float, share: Callable[[int], float] = lambda epoch: 1.0,
-                then: float | None = None, behind: tuple[int, int, float] | None = None) -> FrozenTrial | None:
+                then: float | None = None, behind: tuple[int, int, float] | None = None,
+                reserve: float = 0.0) -> FrozenTrial | None:
         """Under a budget: the best paused trial, once doing something else first would leave less than ENDGAME
-        times what it needs to finish. That something else takes `then` seconds: going on to the next rung for
-        a running trial, or reaching the first rung for a new configuration (the default). `behind` = (number,
-        epoch, value) of a running trial at a rung: the finalist must be ahead of it (paused at a later rung,
-        or at the same one with a better value), else the running trial is the better bet and goes on."""
+        times what it needs to finish, or less than `reserve` seconds (search.endgame's share of the budget).
+        That something else takes `then` seconds: going on to the next rung for a running trial, or reaching
+        the first rung for a new configuration (the default). `behind` = (number, epoch, value) of a running
+        trial at a rung: the finalist must be ahead of it (paused at a later rung, or at the same one with a
+        better value), else the running trial is the better bet and goes on."""
         t = self.finalist(study)
         if t is None:
             return None
@@ -178,7 +188,19 @@ class ASHA:
         if need is None:
             return None
         then = self.first_rung_seconds(study, share) if then is None else then
-        return t if seconds_left - then <= ENDGAME * need else None
+        return t if seconds_left - then <= max(ENDGAME * need, reserve) else None
+
+    def epochs_within(self, t: FrozenTrial, seconds: float, share: Callable[[int], float] = lambda epoch: 1.0) -> int:
+        """The last epoch paused trial `t` reaches in `seconds` at its own pace, and at least train.epochs: what
+        the endgame's finalist trains to when its schedule allows training on."""
+        at = int(t.user_attrs[PAUSED_AT])
+        pace = self._pace(t, at, share)
+        if pace is None or pace <= 0:
+            return self.epochs
+        epoch, spent = at, 0.0
+        while spent + pace * share(epoch + 1) <= seconds:
+            epoch, spent = epoch + 1, spent + pace * share(epoch + 1)
+        return max(self.epochs, epoch)
 
     def next_stop(self, epoch: int) -> int:
         """The epoch where a trial going on from `epoch` next stops: the next rung, or the last epoch."""

@@ -22,13 +22,14 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
-from nas.backends.asha import ASHA, PAUSED_AT, RESUME_OF
+from nas.backends.asha import ASHA, EPOCHS, FINALIST, PAUSED_AT, RESUME_OF
 from nas.backends.pareto import CURVE, ParetoPruner
 from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
 from nas.budget import share_at
 from nas.errors import NasError
 from nas.objective import TrialObjective
 from nas.rundir import RunDir
+from nas.schedule import resolve_warmup
 from nas.space import SearchSpace
 from nas.spec.dims import Choice, FloatRange, IntRange
 from nas.spec.loader import flat_keys
@@ -223,6 +224,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
                 return False
             trial.report(value, epoch)
             if asha is not None:
+                if trial.user_attrs.get(FINALIST):
+                    return "continue"  # the endgame's finalist: no rung pauses it again
                 verdict = asha.decide(study, trial.number, epoch)
                 if verdict == "continue" and epoch in asha.levels and \
                         yield_to_endgame(trial.number, epoch, value, metrics.get("epoch_s", math.nan)):
@@ -234,7 +237,7 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
         tags = {"nas.backend": "optuna", **local.tags}
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
-        result = objective(trial.number, params, epochs=spec.train.epochs,
+        result = objective(trial.number, params, epochs=int(trial.user_attrs.get(EPOCHS, spec.train.epochs)),
                            should_prune=should_prune if single or pareto is not None else None, tags=tags,
                            **({"runner": local.runner} if local.runner is not None else {}), **pausing)
         if paused_at and result.state == TrialState.PAUSED:
@@ -305,14 +308,31 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
             ASHA.queue(study, promoted)
         return promoted is not None
 
+    def share(epoch: int) -> float:
+        return share_at(objective.stages, epoch)
+
+    reserve = s.endgame * s.budget if s.budget else 0.0  # search.endgame: the budget's last share
+
+    def queue_finalist(finalist: optuna.trial.FrozenTrial, left: float) -> None:
+        """Queue the endgame's finalist; with search.endgame on, it trains on to the deadline (past train.epochs)
+        when its learning rate is a plain constant: a schedule planned over train.epochs would change its course
+        mid-way (early stopping still ends it once it stops improving)."""
+        assert asha is not None
+        epochs = None
+        if s.endgame > 0 and space.value("train.schedule", finalist.params) == "constant" and \
+                resolve_warmup("constant", spec.train.warmup) == 0:
+            epochs = asha.epochs_within(finalist, left, share)
+        ASHA.queue(study, finalist, finalist=True,
+                   epochs=epochs if epochs is not None and epochs > spec.train.epochs else None)
+
     def endgame(study: optuna.Study) -> bool:
         assert asha is not None
         left = objective.seconds_left()
         if left is None:
             return False
-        finalist = asha.endgame(study, left, lambda epoch: share_at(objective.stages, epoch))
+        finalist = asha.endgame(study, left, share, reserve=reserve)
         if finalist is not None:
-            ASHA.queue(study, finalist)
+            queue_finalist(finalist, left)
         return finalist is not None
 
     def yield_to_endgame(number: int, epoch: int, value: float, epoch_s: float) -> bool:
@@ -323,14 +343,11 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
         if left is None or not math.isfinite(epoch_s):
             return False
 
-        def share(e: int) -> float:
-            return share_at(objective.stages, e)
-
         then = epoch_s / share(epoch) * sum(share(e) for e in range(epoch + 1, asha.next_stop(epoch) + 1))
         with lock:
-            finalist = asha.endgame(study, left, share, then=then, behind=(number, epoch, value))
+            finalist = asha.endgame(study, left, share, then=then, behind=(number, epoch, value), reserve=reserve)
             if finalist is not None:
-                ASHA.queue(study, finalist)
+                queue_finalist(finalist, left)
         return finalist is not None
 
     def work(index: int, runner: Any) -> None:

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.errors import NasError
-from nas.export.source import candidate, choose
+from nas.export.source import candidate, choose, retrain_epochs
 from nas.rundir import RunDir, atomic_write, claim_for_export
 from nas.tf_setup import silenced_stderr
 from nas.trial import trial_seed
@@ -174,13 +174,13 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
                       "export's test accuracies are not comparable with best/metrics.json")
     cand = candidate(src, info)
     seed = trial_seed(src.loaded.spec.search.seed, src.trial)  # the winner's own trial seed
-    epochs = cfg.retrain_epochs or src.loaded.spec.train.epochs
+    epochs, why_epochs = retrain_epochs(src)
 
     x_all = np.concatenate([splits.train.x, splits.val.x])
     y_all = np.concatenate([splits.train.y, splits.val.y])
     x_test, y_test = splits.test.x, splits.test.y
     framework = src.loaded.spec.train.backend
-    what = (f"retraining trial {src.trial} on train+val ({len(y_all)} images, {epochs} epochs"
+    what = (f"retraining trial {src.trial} on train+val ({len(y_all)} images, {epochs} epochs: {why_epochs}"
             + (f", Keras on {framework} in a worker process)" if framework != "tensorflow" else ")")
             + (f", then pruning to {sparsity:.0%} over {cfg.finetune_epochs} fine-tuning epochs" if sparsity else ""))
 
@@ -225,6 +225,7 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         retrained.unlink()
         training["test_accuracy_reloaded_on_tensorflow"] = _accuracy(model, x_test, y_test)
     training["framework"] = framework
+    training["retrain_epochs_from"] = why_epochs
     console.print(f"retrained trial {src.trial}: test accuracy {training['test_accuracy_retrained']:.4f}")
     if sparsity > 0:
         console.print(f"pruned to {report['overall']:.1%} zero weights: test accuracy "

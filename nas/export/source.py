@@ -136,3 +136,21 @@ def _rows(run: RunDir, loaded: LoadedSpec, meta: dict[str, Any]) -> list[dict[st
 def candidate(src: ExportSource, info: DataInfo) -> Candidate:
     # decode() casts every value to its field's type, so CSV's 16.0 for an int column is harmless
     return SearchSpace(src.loaded.spec).decode(src.params, info)
+
+
+def retrain_epochs(src: ExportSource) -> tuple[int, str]:
+    """The epochs to retrain the winner for, and why: export.retrain_epochs if set; else train.epochs, or the
+    trial's best epoch where the search trained it past them (the endgame's finalist, search.endgame), so that
+    the export trains it as long as the search found it good."""
+    cfg, epochs = src.loaded.spec.export, src.loaded.spec.train.epochs
+    if cfg.retrain_epochs:
+        return cfg.retrain_epochs, "export.retrain_epochs"
+    try:
+        best = json.loads((src.run.best / "metrics.json").read_text())
+    except (OSError, ValueError):
+        best = {}
+    searched = best.get("best_epoch") if best.get("trial") == src.trial else None
+    if isinstance(searched, (int, float)) and searched > epochs:
+        return int(searched), f"its best epoch in the search, past train.epochs {epochs}"
+    return epochs, "train.epochs"
+

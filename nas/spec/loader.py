@@ -23,7 +23,8 @@ _MODEL_NAMES = {Section.__name__, *(cls.__name__ for cls in Section.__subclasses
 
 # Keys that may change between a search and its resume: the budget and how trials are run, never what
 # is searched. Dotted prefixes of `flat_keys`.
-RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.budget", "search.trial_timeout",
+RESUMABLE_KEYS = ("description", "search.trials", "search.timeout", "search.budget", "search.endgame",
+                  "search.trial_timeout",
                   "search.max_failed_trials", "search.isolate_trials", "search.worker_max_trials", "search.workers",
                   "tracking.", "export.", "report")
 

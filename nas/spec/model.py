@@ -253,6 +253,11 @@ class SearchSpec(Section):
     timeout: Duration = Field(None, description="stop starting new trials after this long, e.g. 30m, 2h")
     budget: Duration = Field(None, description="the whole search ends by then, e.g. 30m: a trial still running is "
                              "stopped and its best epoch stands; a probe plans the budget first")
+    endgame: float = Field(
+        0.2, ge=0, lt=1, description="under search.budget with pruner asha: in the last share of the budget the "
+        "best paused trial goes on before anything else, and trains on to the deadline (past train.epochs, while "
+        "it improves, when its learning rate is a plain constant); 0: only once the time left is what it needs to "
+        "finish its epochs")
     rung_data: Literal["auto", "subsets", "full"] = Field(
         "full", description="full: every epoch on all the training data (the default: it found the better model at "
         "30 minutes on Fashion-MNIST, bench/RESULTS.md); subsets: the epochs before each pruning rung train on a "

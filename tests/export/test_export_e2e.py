@@ -73,6 +73,7 @@ def test_manifest_says_what_was_exported(finished_run: Path, exported: dict) -> 
     assert all(abs(v - 0.5) < 0.01 for v in exported["sparsity"]["per_layer"].values())
     t = exported["training"]
     assert t["retrain_epochs"] == 6 and "test_accuracy_retrained" in t and "test_accuracy_pruned" in t
+    assert t["retrain_epochs_from"] == "export.retrain_epochs"
     assert {"tensorflow", "keras", "ai-edge-litert", "onnxruntime"} <= set(exported["versions"])
 
 
