@@ -65,10 +65,11 @@ class TrialObjective:
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, initial_epoch: int = 0,
                  should_prune: PruneHook | None = None, tags: dict[str, str] | None = None,
-                 checkpoint: bool = False, resume_of: int | None = None, runner: Runner | None = None) -> TrialResult:
+                 checkpoint: bool = False, resume_of: int | None = None, runner: Runner | None = None,
+                 decay_from: int | None = None) -> TrialResult:
         """Run trial `number` (in `runner`, default the first). `checkpoint`: leave a checkpoint when it pauses or
         ends its epochs, so a later trial can continue it; `resume_of`: continue trial N from N's checkpoint (its
-        epochs are not retrained)."""
+        epochs are not retrained); `decay_from`: the learning rate decays over the epochs after it (TrialTask)."""
         candidate = self.space.decode(params, self.data)
         tags = {"nas.trial": str(number), **self.trial_tags, **(tags or {})}
         if resume_of is not None:
@@ -76,7 +77,7 @@ class TrialObjective:
         run_id = self.tracker.start_trial(number, params, tags)
         try:
             result = self._run(number, params, candidate, run_id, epochs, initial_epoch, should_prune,
-                               checkpoint, resume_of, runner or self.runner)
+                               checkpoint, resume_of, runner or self.runner, decay_from)
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM mid-trial: the MLflow run must not stay RUNNING forever.
             self.tracker.end_trial(run_id, state="interrupted", reason="interrupted by the user", metrics={}, tags={})
@@ -118,7 +119,7 @@ class TrialObjective:
 
     def _run(self, number: int, params: dict[str, Any], candidate: Any, run_id: str, epochs: int,
              initial_epoch: int, should_prune: PruneHook | None, checkpoint: bool,
-             resume_of: int | None, runner: Runner) -> TrialResult:
+             resume_of: int | None, runner: Runner, decay_from: int | None = None) -> TrialResult:
         try:
             shape = plan(candidate.arch)
         except InvalidArchitecture as exc:
@@ -168,7 +169,7 @@ class TrialObjective:
                          # saving a model costs ~0.3 s: skip it when the trial cannot become the new best
                          save_threshold=self.best_value if monitor == self.primary.metric else None,
                          stages=self.stages, checkpoint_to=str(self.checkpoint_path(number)) if checkpoint else None,
-                         resume_from=str(resume_from) if resume_from else None,
+                         resume_from=str(resume_from) if resume_from else None, decay_from=decay_from,
                          stop_at=time.time() + self.deadline - time.monotonic() if self.deadline is not None else None,
                          measure=self.measure, measure_on=self.measure_on,
                          calibration_samples=self.calibration_samples)

@@ -192,6 +192,20 @@ def _compiles_with_xla(trainer: keras.Model, jit: bool | str) -> bool:
     return bool(trainer.jit_compile) if jit == "auto" else bool(jit)
 
 
+def decay_after(lr: float, first: int, last: int) -> Any:
+    """For keras.callbacks.LearningRateScheduler: `lr` up to epoch `first` (1-based), then a cosine from `lr`
+    towards 0 over epochs first+1 .. last, each epoch at its midpoint (the last one a few percent of `lr`)."""
+    span = max(1, last - first)
+
+    def schedule(index: int, _current: float) -> float:  # Keras passes the 0-based epoch index
+        done = index + 1 - first  # this epoch's place in the decay: 1 .. span
+        if done <= 0:
+            return float(lr)
+        return float(lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - 0.5) / span)))
+
+    return schedule
+
+
 def run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
               jit_compile: bool | str | None = None) -> TrialResult:
     """Train `task` on this process's framework; XLA as `train.jit_compile` says (nas.framework), except that a
@@ -243,6 +257,8 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
         prev = end
     compile_for_training(trainer, cfg, steps_per_epoch=steps, epochs=1, jit_compile=jit)
     cb = _EpochCallback(on_epoch, task, cfg.early_stopping, model)
+    decay = [] if task.decay_from is None else [keras.callbacks.LearningRateScheduler(
+        decay_after(cfg.learning_rate, task.decay_from, task.epochs))]
     if resume:
         try:
             checkpoint.restore(trainer, resume)
@@ -263,7 +279,7 @@ def _run_trial(task: TrialTask, splits: Splits, on_epoch: EpochHook,
                 batches = train_batches(part, num_classes=arch.num_classes, batch_size=cfg.batch_size,
                                         seed=task.seed, first_epoch=start, whole=whole)
                 trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, validation_data=val_ds,
-                            epochs=end, initial_epoch=start, callbacks=[cb], shuffle=False, verbose=0)
+                            epochs=end, initial_epoch=start, callbacks=[cb, *decay], shuffle=False, verbose=0)
                 if trainer.stop_training:  # pruned, paused, diverged, early-stopped, out of time: no further span
                     break
             prev = end

@@ -105,6 +105,9 @@ class TrialTask:
     stop_at: float | None = None  # search.budget's deadline (time.time()): training stops at the first batch past it
     checkpoint_to: str | None = None  # write the training state here when the trial pauses or ends its epochs
     resume_from: str | None = None  # continue from this checkpoint (its epoch, weights, optimizer, curve)
+    # the endgame's finalist (nas.backends.asha): a constant learning rate decays to ~0 over the epochs after this
+    # one (cosine, per epoch), as in a warmup-stable-decay schedule: the stable phase may end whenever it is needed
+    decay_from: int | None = None
     # measure these on the finished trial's TFLite artifact (nas.deployed): latency_ms, size_kb, int8_val_accuracy
     measure: tuple[str, ...] = ()
     measure_on: str = "int8"  # the artifact latency and size are measured on: int8 | float32

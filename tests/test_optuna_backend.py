@@ -174,11 +174,13 @@ class Pausing(Scripted):
     def __init__(self) -> None:
         super().__init__()
         self.reached: dict[int, int] = {}  # trial -> last epoch trained
+        self.decays: dict[int, int | None] = {}  # trial -> the epoch after which its learning rate decays
         self.spans: list[tuple[int, int | None, int, int]] = []  # (trial, resume_of, first epoch, last epoch)
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None,
-                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
+                 checkpoint: bool = False, resume_of: int | None = None, decay_from: int | None = None) -> TrialResult:
         assert checkpoint, "under asha every trial must leave a checkpoint when it pauses"
+        self.decays[number] = decay_from
         start = self.reached[resume_of] + 1 if resume_of is not None else 1
         score = 1 - abs(math.log10(params["train.learning_rate"]) + 2.5) / 3
         for epoch in range(start, epochs + 1):
@@ -285,7 +287,7 @@ class Clocked(Pausing):
         return self.clock >= self.budget_s
 
     def __call__(self, number: int, params: dict[str, Any], *, epochs: int, should_prune=None, tags=None,
-                 checkpoint: bool = False, resume_of: int | None = None) -> TrialResult:
+                 checkpoint: bool = False, resume_of: int | None = None, decay_from: int | None = None) -> TrialResult:
         self.started[number] = self.clock
         start = self.reached[resume_of] + 1 if resume_of is not None else 1
 
@@ -294,7 +296,7 @@ class Clocked(Pausing):
             return "stop" if self.out_of_time() else should_prune(epoch, {**metrics, "epoch_s": self.epoch_s})
 
         result = super().__call__(number, params, epochs=epochs, should_prune=prune, checkpoint=checkpoint,
-                                  resume_of=resume_of)
+                                  resume_of=resume_of, decay_from=decay_from)
         result.metrics["wall_time_s"] = result.metrics["epochs_run"] * self.epoch_s
         return result
 
@@ -383,6 +385,8 @@ def test_in_the_endgames_share_of_the_budget_the_finalist_trains_on_past_train_e
     value = {t.number: t.intermediate_values[t.user_attrs["nas.paused_at"]] for t in paused}
     assert parent.number == max(value, key=value.get)  # the best paused trial was the finalist
     assert trials[first].user_attrs["nas.epochs"] > 9 and objective.reached[first] > 9  # it trained on past 9
+    assert objective.decays[first] == parent.user_attrs["nas.paused_at"]  # its learning rate decays from its pause
+    assert all(d is None for n, d in objective.decays.items() if "nas.epochs" not in trials[n].user_attrs)
     assert objective.started[first] + (objective.reached[first] - parent.user_attrs["nas.paused_at"]) * 10 >= 590
 
 

@@ -61,6 +61,8 @@ def test_a_subset_is_stratified_nested_and_the_same_for_every_trial() -> None:
 
 @pytest.mark.slow
 def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(builds: list[Any]) -> None:
+    import keras
+
     import nas.train
     from nas.data import load_source, make_splits
     from nas.space import DataInfo, SearchSpace
@@ -96,6 +98,20 @@ def test_a_trial_trains_each_span_on_its_share_and_one_schedule_over_all(builds:
     longer = nas.train.run_trial(TrialTask(2, candidate, seed=0, epochs=6, stages=stages), splits, on_epoch)
     assert longer.state == "finished" and longer.metrics["epochs_run"] == 6
     assert seen == list(np.cumsum(steps + steps[-1:] * 2)), seen
+
+    # ... and its plain constant learning rate decays after its pause (decay_from), by a cosine to ~0 at the end
+    flat = parse_spec("name: r\ndata: {source: digits}\nspace: {depth: 1, filters: 8, head: {depth: 0}}\n"
+                      "train: {epochs: 4, batch_size: 32, learning_rate: 0.01}\n")
+    constant = SearchSpace(flat).decode({}, DataInfo(splits.input_shape, splits.num_classes, raw.pixel_max))
+    rates: list[float] = []
+
+    def rate(epoch: int, metrics: dict[str, float]) -> str:
+        rates.append(float(keras.ops.convert_to_numpy(builds[-1].optimizer.learning_rate)))
+        return "continue"
+
+    nas.train.run_trial(TrialTask(3, constant, seed=0, epochs=6, decay_from=3), splits, rate)
+    cosine = [0.5 * (1 + math.cos(math.pi * (k - 0.5) / 3)) for k in (1, 2, 3)]  # 0.93, 0.5, 0.07
+    assert rates == pytest.approx([0.01] * 3 + [0.01 * c for c in cosine], rel=1e-5), rates
 
 
 ASHA_SPEC = """\

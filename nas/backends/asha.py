@@ -13,7 +13,7 @@ Under search.budget the search also has an endgame: once the time left is about 
 to finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on
 before anything else, whatever its rung's quota, and no later rung pauses it again. search.endgame (a share of
 the budget) starts the endgame earlier, and then the finalist trains on past train.epochs to the deadline while it
-improves (when its learning rate is a plain constant). Late in a budget a new configuration can reach an early rung at
+improves, its learning rate decaying to ~0 (when it is a plain constant). Late in a budget a new configuration can reach an early rung at
 most, and cannot win; the best configuration found so far should not sit paused when the time runs out. The test
 is made wherever time could go elsewhere: before a new configuration (counting what it would take to reach its
 first rung), and at each rung a running trial passes (counting what going on to its next stop would take). A
@@ -47,7 +47,7 @@ ENDGAME = 1.5
 RESUME_OF = "nas.resume_of"  # user attr: this trial continues trial N from its checkpoint
 ROOT = "nas.root"  # user attr: the first trial of the lineage (its configuration's identity)
 FINALIST = "nas.finalist"  # user attr: the endgame's continuation; no rung pauses it again
-EPOCHS = "nas.epochs"  # user attr: a continuation trains to this epoch, past train.epochs (the endgame's finalist)
+EPOCHS = "nas.epochs"  # user attr: the endgame's finalist trains to this epoch (past train.epochs), decaying its lr
 PAUSED_AT = "nas.paused_at"  # user attr: the epoch at which the trial paused with a checkpoint
 FROM_RUNG = "nas.from_rung"  # user attr: the rung a continuation was promoted from
 

@@ -22,7 +22,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
-from nas.backends.asha import ASHA, EPOCHS, FINALIST, PAUSED_AT, RESUME_OF
+from nas.backends.asha import ASHA, EPOCHS, FINALIST, FROM_RUNG, PAUSED_AT, RESUME_OF
 from nas.backends.pareto import CURVE, ParetoPruner
 from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
 from nas.budget import share_at
@@ -237,6 +237,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
         tags = {"nas.backend": "optuna", **local.tags}
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
+        if EPOCHS in trial.user_attrs:  # the endgame's finalist: it decays its learning rate after its pause
+            pausing["decay_from"] = int(trial.user_attrs[FROM_RUNG])
         result = objective(trial.number, params, epochs=int(trial.user_attrs.get(EPOCHS, spec.train.epochs)),
                            should_prune=should_prune if single or pareto is not None else None, tags=tags,
                            **({"runner": local.runner} if local.runner is not None else {}), **pausing)
@@ -314,16 +316,17 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
     reserve = s.endgame * s.budget if s.budget else 0.0  # search.endgame: the budget's last share
 
     def queue_finalist(finalist: optuna.trial.FrozenTrial, left: float) -> None:
-        """Queue the endgame's finalist; with search.endgame on, it trains on to the deadline (past train.epochs)
-        when its learning rate is a plain constant: a schedule planned over train.epochs would change its course
-        mid-way (early stopping still ends it once it stops improving)."""
+        """Queue the endgame's finalist. With search.endgame on and a plain constant learning rate it trains on to
+        the deadline (past train.epochs), its learning rate decaying to ~0 over the epochs it has left (a
+        warmup-stable-decay schedule whose stable phase ends now); early stopping still ends it once it stops
+        improving. A schedule planned over train.epochs would change its course mid-way: such a finalist only
+        finishes its epochs."""
         assert asha is not None
         epochs = None
         if s.endgame > 0 and space.value("train.schedule", finalist.params) == "constant" and \
                 resolve_warmup("constant", spec.train.warmup) == 0:
             epochs = asha.epochs_within(finalist, left, share)
-        ASHA.queue(study, finalist, finalist=True,
-                   epochs=epochs if epochs is not None and epochs > spec.train.epochs else None)
+        ASHA.queue(study, finalist, finalist=True, epochs=epochs)
 
     def endgame(study: optuna.Study) -> bool:
         assert asha is not None
