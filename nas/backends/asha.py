@@ -9,17 +9,17 @@ ranks in its rung's top third (peers that came later did worse) and, if one does
 checkpoint as a new Optuna trial with the same params, instead of sampling a new configuration. Highest rungs
 first, as in ASHA (Li et al., 2020), in its promotion variant with pause and resume (as Syne Tune's).
 
-Under search.budget the search also has an endgame: once the time left is about what the best paused trial needs
-to finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on
-before anything else, whatever its rung's quota, and no later rung pauses it again. search.endgame (a share of
-the budget) starts the endgame earlier, and then the finalist trains on past train.epochs to the deadline while it
-improves, its learning rate decaying to ~0 (when it is a plain constant). Late in a budget a new configuration can reach an early rung at
-most, and cannot win; the best configuration found so far should not sit paused when the time runs out. The test
-is made wherever time could go elsewhere: before a new configuration (counting what it would take to reach its
-first rung), and at each rung a running trial passes (counting what going on to its next stop would take). A
-running trial behind the finalist then pauses and the finalist is queued at once, so that no late promotion runs
-out the clock (a 1-hour search lost its finalist so: the endgame waited between trials while a new configuration
-went on through its rungs to the deadline).
+Under search.budget the search also has an endgame: once the time left is about what the best paused trial needs to
+finish its epochs (ENDGAME times its own seconds per epoch over the epochs it has left), that trial goes on before
+anything else, whatever its rung's quota, and no later rung pauses it again. search.endgame (a share of the budget)
+starts the endgame earlier, and then the finalist trains on past train.epochs to the deadline while it improves, its
+learning rate decaying to ~0 (when it is a plain constant). Late in a budget a new configuration can reach an early
+rung at most, and cannot win; the best configuration found so far should not sit paused when the time runs out. The
+test is made wherever time could go elsewhere: before a new configuration (counting what it would take to reach its
+first rung), and at each rung a running trial passes (counting what going on to its next stop would take). A running
+trial behind the finalist then pauses and the finalist is queued at once, so that no late promotion runs out the
+clock (a 1-hour search lost its finalist so: the endgame waited between trials while a new configuration went on
+through its rungs to the deadline).
 (A paused trial's best epoch can win the search even so, when it leads every finished trial past the noise of
 the validation split: nas.trial.competing_value.)
 
