@@ -224,7 +224,7 @@ class BudgetPlan:
             f"({self.epochs} epochs, about {_fmt_time(self._typical_trial_seconds())} each)",
             *([f"endgame: in the last {_fmt_time(self.endgame * self.budget_s)} ({self.endgame:.0%}, search.endgame) "
                f"the best paused trial goes on before anything else, and trains on past {self.epochs} epochs while "
-               "it improves when its learning rate is a plain constant"] if self.endgame else []),
+               "it improves, its learning rate decaying to ~0 (when it is a plain constant)"] if self.endgame else []),
         ]
         cap = self.max_flops
         if cap is not None:
