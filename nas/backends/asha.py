@@ -171,17 +171,17 @@ class ASHA:
         """Under a budget: the best paused trial, once doing something else first would leave less than ENDGAME
         times what it needs to finish, or less than `reserve` seconds (search.endgame's share of the budget).
         That something else takes `then` seconds: going on to the next rung for a running trial, or reaching
-        the first rung for a new configuration (the default). `behind` = (number, epoch, value) of a running
-        trial at a rung: the finalist must be ahead of it (paused at a later rung, or at the same one with a
-        better value), else the running trial is the better bet and goes on."""
+        the first rung for a new configuration (the default). `behind` = (configuration, epoch, value) of a
+        running trial at a rung, its configuration being its lineage's root: the finalist must be another
+        configuration, ahead of it (paused at a later rung, or at the same one with a better value), else the
+        running trial is the better bet and goes on."""
         t = self.finalist(study)
         if t is None:
             return None
         if behind is not None:
-            number, epoch, value = behind
+            config, epoch, value = behind
             at, theirs = int(t.user_attrs[PAUSED_AT]), t.intermediate_values[t.user_attrs[PAUSED_AT]]
-            mine = next(x for x in study.get_trials(deepcopy=False) if x.number == number)
-            if root(t) == root(mine) or at < epoch or (at == epoch and not (theirs > value if self.maximize
+            if root(t) == config or at < epoch or (at == epoch and not (theirs > value if self.maximize
                                                                               else theirs < value)):
                 return None
         need = self.seconds_to_finish(t, share)

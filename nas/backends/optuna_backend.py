@@ -22,7 +22,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState as OptunaState
 
-from nas.backends.asha import ASHA, EPOCHS, FINALIST, FROM_RUNG, PAUSED_AT, RESUME_OF
+from nas.backends.asha import ASHA, EPOCHS, FINALIST, FROM_RUNG, PAUSED_AT, RESUME_OF, ROOT
 from nas.backends.pareto import CURVE, ParetoPruner
 from nas.backends.storage import DatabaseAway, first_line, make_storage, redact, retry_dead_trial
 from nas.budget import share_at
@@ -196,7 +196,8 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
             local.counted = True
             mine.add(trial.number)
             local.number = trial.number
-        resume_of = trial.user_attrs.get(RESUME_OF)
+        attrs = trial.user_attrs  # one storage read: those queued with the trial (ASHA.queue) are all it needs
+        resume_of = attrs.get(RESUME_OF)
         if resume_of is None and _surplus(study, trial.number, s.trials):
             trial.set_user_attr(SURPLUS, True)
             raise Surplus
@@ -224,11 +225,12 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
                 return False
             trial.report(value, epoch)
             if asha is not None:
-                if trial.user_attrs.get(FINALIST):
+                if attrs.get(FINALIST):
                     return "continue"  # the endgame's finalist: no rung pauses it again
                 verdict = asha.decide(study, trial.number, epoch)
                 if verdict == "continue" and epoch in asha.levels and \
-                        yield_to_endgame(trial.number, epoch, value, metrics.get("epoch_s", math.nan)):
+                        yield_to_endgame(int(attrs.get(ROOT, trial.number)), epoch, value,
+                                         metrics.get("epoch_s", math.nan)):
                     verdict = "pause"
                 if verdict == "pause":
                     paused_at.append(epoch)
@@ -237,9 +239,9 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
         tags = {"nas.backend": "optuna", **local.tags}
         pausing: dict[str, Any] = {"checkpoint": True, "resume_of": resume_of} if asha is not None else {}
-        if EPOCHS in trial.user_attrs:  # the endgame's finalist: it decays its learning rate after its pause
-            pausing["decay_from"] = int(trial.user_attrs[FROM_RUNG])
-        result = objective(trial.number, params, epochs=int(trial.user_attrs.get(EPOCHS, spec.train.epochs)),
+        if EPOCHS in attrs:  # the endgame's finalist: it decays its learning rate after its pause
+            pausing["decay_from"] = int(attrs[FROM_RUNG])
+        result = objective(trial.number, params, epochs=int(attrs.get(EPOCHS, spec.train.epochs)),
                            should_prune=should_prune if single or pareto is not None else None, tags=tags,
                            **({"runner": local.runner} if local.runner is not None else {}), **pausing)
         if paused_at and result.state == TrialState.PAUSED:
@@ -338,9 +340,10 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
             queue_finalist(finalist, left)
         return finalist is not None
 
-    def yield_to_endgame(number: int, epoch: int, value: float, epoch_s: float) -> bool:
-        """At a rung a running trial passes: True (it pauses) when going on to its next stop would leave the best
-        paused trial too little time to finish, which is then queued to go on next."""
+    def yield_to_endgame(config: int, epoch: int, value: float, epoch_s: float) -> bool:
+        """At a rung a running trial (of configuration `config`, its lineage's root) passes: True (it pauses) when
+        going on to its next stop would leave the best paused trial too little time to finish, which is then
+        queued to go on next."""
         assert asha is not None
         left = objective.seconds_left()
         if left is None or not math.isfinite(epoch_s):
@@ -348,7 +351,7 @@ def run_search(study: optuna.Study, spec: Spec, space: SearchSpace, objective: T
 
         then = epoch_s / share(epoch) * sum(share(e) for e in range(epoch + 1, asha.next_stop(epoch) + 1))
         with lock:
-            finalist = asha.endgame(study, left, share, then=then, behind=(number, epoch, value), reserve=reserve)
+            finalist = asha.endgame(study, left, share, then=then, behind=(config, epoch, value), reserve=reserve)
             if finalist is not None:
                 queue_finalist(finalist, left)
         return finalist is not None

@@ -153,4 +153,3 @@ def retrain_epochs(src: ExportSource) -> tuple[int, str]:
     if isinstance(searched, (int, float)) and searched > epochs:
         return int(searched), f"its best epoch in the search, past train.epochs {epochs}"
     return epochs, "train.epochs"
-
