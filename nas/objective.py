@@ -179,16 +179,19 @@ class TrialObjective:
         result.metrics.update(params=float(shape.params), flops=float(shape.flops))
         if result.model_path:
             with self._best_lock:
-                if self._judge(number, params, Path(result.model_path), candidate, result, runner) and self.share_best:
+                decay = (decay_from, epochs) if decay_from is not None else None
+                if self._judge(number, params, Path(result.model_path), candidate, result, runner,
+                               decay) and self.share_best:
                     self.tracker.log_artifacts([self.run.best / "model.keras", self.run.best / "arch.json",
                                                 self.run.best / "trial.json"], "model", run_id=run_id)
         return result
 
     def _judge(self, number: int, params: dict[str, Any], model_path: Path, candidate: Any, result: TrialResult,
-               runner: Runner) -> bool:
+               runner: Runner, decay: tuple[int, int] | None = None) -> bool:
         """Keep the model only if this trial is the new best by the primary objective (returns whether it is). A
         paused trial (pruner asha) competes too, less a margin for validation noise (nas.trial.competing_value):
-        the budget may end the search before its rung promotes it."""
+        the budget may end the search before its rung promotes it. `decay`: the (first, last) epochs of the
+        endgame's learning-rate decay this trial trained with, recorded so that `nas export` replays it."""
         value = competing_value(result.state, self.primary.metric, result.metrics.get(self.primary.metric, math.nan),
                                 result.metrics.get("val_samples"))
         feasible = all(math.isfinite(v := result.metrics.get(m, math.nan)) and bound.holds(v)
@@ -199,6 +202,7 @@ class TrialObjective:
                 "trial": number, "state": result.state.value, "reason": result.reason, "score": value, "params": params,
                 "metrics": result.metrics, "train": candidate.to_dict()["train"],
                 "device": runner.device, "framework": runner.framework, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **({"lr_decay": list(decay)} if decay else {}),
             })
             return True
         model_path.unlink(missing_ok=True)

@@ -540,6 +540,8 @@ def _measure_best(run_dir: RunDir, runner: Any, spec: Any, spec_hash: str, descr
         "state": trial_info.get("state", "finished"),
         **measured,
         "best_epoch": trial_info["metrics"].get("best_epoch"),
+        # the endgame's finalist: its learning rate decayed over epochs (first, last]; nas export replays it
+        **({"lr_decay": trial_info["lr_decay"]} if trial_info.get("lr_decay") else {}),
         "params": trial_info["metrics"].get("params"),
         "flops": trial_info["metrics"].get("flops"),
         "framework": trial_info.get("framework", "tensorflow"),

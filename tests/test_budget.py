@@ -274,3 +274,12 @@ def test_a_paused_trial_that_leads_every_finished_one_past_the_noise_is_the_winn
     assert json.loads((run.best / "trial.json").read_text())["trial"] == 3
     rows = [{"trial": k, "state": r.state.value, **r.metrics} for k, r in enumerate(results)]
     assert list(frame(rows, spec.search.objectives)["trial"]) == [3, 0, 1, 2]
+    assert "lr_decay" not in json.loads((run.best / "trial.json").read_text())
+
+    # the endgame's finalist (paused at 9, planned to 22, its rate decaying after 9) wins: best/ records the decay,
+    # and metrics.json carries it to nas export, which replays it (nas.export.source.retraining)
+    outcomes.append(("finished", 0.95))
+    objective(4, {}, epochs=22, checkpoint=True, decay_from=9)
+    assert json.loads((run.best / "trial.json").read_text())["lr_decay"] == [9, 22]
+    _measure_best(run, runner, spec, "hash", "digits", NullTracker(), Console(file=io.StringIO()))
+    assert json.loads((run.best / "metrics.json").read_text())["lr_decay"] == [9, 22]

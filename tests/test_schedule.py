@@ -222,3 +222,26 @@ def test_exports_retrain_uses_the_schedule_over_its_own_epochs() -> None:
     assert schedule["class_name"] == "CosineDecay"
     assert schedule["config"]["decay_steps"] + schedule["config"]["warmup_steps"] == total
     assert int(model.optimizer.iterations) == total and float(model.optimizer.learning_rate) == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_exports_retrain_replays_the_endgames_decay() -> None:
+    """A finalist whose rate decayed after its pause (search.endgame) is retrained with the same decay: without it
+    the export would train at the constant rate to the end, a model the search never validated."""
+    import keras
+
+    from nas.builder import build_model
+    from nas.export.pipeline import _fit
+    from nas.train import decay_after
+
+    cand = candidate(f"{{learning_rate: {LR}, batch_size: 16, epochs: 2}}")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 17, size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 3, 64)
+    rates = []
+    model = build_model(cand.arch)
+    seen = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: rates.append(float(model.optimizer.learning_rate)))
+    _fit(model, cand, x, y, epochs=4, seed=0, callbacks=[seen], decay=(2, 5))  # paused at 2, planned to 5
+    # independently: epochs 3, 4 at the midpoints of a cosine over the 3 epochs after 2
+    cosine = [LR * 0.5 * (1 + math.cos(math.pi * (k - 0.5) / 3)) for k in (1, 2)]
+    assert rates == pytest.approx([LR, LR, *cosine])
+    assert [decay_after(LR, 2, 5)(i, LR) for i in range(4)] == pytest.approx(rates)

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.errors import NasError
-from nas.export.source import candidate, choose, retrain_epochs
+from nas.export.source import candidate, choose, retraining
 from nas.rundir import RunDir, atomic_write, claim_for_export
 from nas.tf_setup import silenced_stderr
 from nas.trial import trial_seed
@@ -60,26 +60,33 @@ def _digest(path: Path) -> tuple[str, int, int]:
 
 
 def _fit(model: Any, cand: Any, x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
-         callbacks: list[Any] | None = None) -> None:
+         callbacks: list[Any] | None = None, decay: tuple[int, int] | None = None) -> None:
+    """`decay`: (first, last): the learning rate decays after epoch `first` as it did in the search's endgame."""
+    import keras
+
     from nas.augment import Augmentation, for_training
     from nas.data.pipeline import train_batches
     from nas.data.splits import Split
-    from nas.train import compile_for_training
+    from nas.train import compile_for_training, decay_after
 
     cfg = cand.train
     batches = train_batches(Split(x, y), num_classes=cand.arch.num_classes, batch_size=cfg.batch_size, seed=seed)
     trainer = for_training(model, Augmentation(**cfg.augment), pixel_max=cand.arch.pixel_max, seed=seed)
     # the trial's train.schedule, over this fit's own epochs
     compile_for_training(trainer, cfg, steps_per_epoch=batches.steps_per_epoch, epochs=epochs)
-    trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=epochs, callbacks=callbacks or [],
+    callbacks = list(callbacks or [])
+    if decay:
+        callbacks.append(keras.callbacks.LearningRateScheduler(decay_after(cfg.learning_rate, *decay)))
+    trainer.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=epochs, callbacks=callbacks,
                 shuffle=False, verbose=0)
 
 
 def retrain(cand: Any, x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, epochs: int,
-            seed: int, sparsity: float, finetune_epochs: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Retrain the candidate on train+val with its own settings and seed, then prune it (fine-tuning) when
-    `sparsity` > 0, on whatever framework this process runs Keras on. Returns the model (float32, no pruning
-    wrappers), the training record and the sparsity report."""
+            seed: int, sparsity: float, finetune_epochs: int,
+            decay: tuple[int, int] | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Retrain the candidate on train+val with its own settings and seed (and the endgame's `decay`, see _fit),
+    then prune it (fine-tuning) when `sparsity` > 0, on whatever framework this process runs Keras on. Returns
+    the model (float32, no pruning wrappers), the training record and the sparsity report."""
     import keras
 
     from nas.builder import build_model, float32_copy
@@ -88,9 +95,11 @@ def retrain(cand: Any, x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray,
     keras.utils.set_random_seed(seed)
     model = build_model(cand.arch)
     t0 = time.perf_counter()
-    _fit(model, cand, x_all, y_all, epochs, seed)
-    training: dict[str, Any] = {"retrain_epochs": epochs, "retrain_images": int(len(y_all)),
-                                "schedule": f"{cand.train.schedule} (warmup {cand.train.warmup:g})",
+    _fit(model, cand, x_all, y_all, epochs, seed, decay=decay)
+    schedule = f"{cand.train.schedule} (warmup {cand.train.warmup:g})"
+    if decay:
+        schedule += f", then a cosine decay after epoch {decay[0]} planned to {decay[1]}, as in the search's endgame"
+    training: dict[str, Any] = {"retrain_epochs": epochs, "retrain_images": int(len(y_all)), "schedule": schedule,
                                 "test_accuracy_retrained": _accuracy(model, x_test, y_test),
                                 "retrain_seconds": round(time.perf_counter() - t0, 1)}
     report: dict[str, Any] = {"target": 0.0, **pruning.sparsity_report(model)}
@@ -121,12 +130,13 @@ def tensorflow_installed() -> bool:
 
 def retrain_and_export(out: str, formats: tuple[str, ...], cand: Any, x_all: np.ndarray, y_all: np.ndarray,
                        x_test: np.ndarray, y_test: np.ndarray, epochs: int, seed: int, sparsity: float,
-                       cfg: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+                       cfg: Any, decay: tuple[int, int] | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
     """`retrain`, then every format this framework makes without TensorFlow, in a worker process of its own."""
     from nas.export.artifacts import build_artifacts
 
     model, training, report = retrain(cand, x_all, y_all, x_test, y_test, epochs, seed, sparsity,
-                                      cfg.finetune_epochs)
+                                      cfg.finetune_epochs, decay)
     artifacts, reference = build_artifacts(model, formats, Path(out), x_all, x_test, y_test, cfg, seed,
                                            Console(file=io.StringIO()), tensorflow=False)
     return training, report, artifacts, reference
@@ -174,13 +184,15 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
                       "export's test accuracies are not comparable with best/metrics.json")
     cand = candidate(src, info)
     seed = trial_seed(src.loaded.spec.search.seed, src.trial)  # the winner's own trial seed
-    epochs, why_epochs = retrain_epochs(src)
+    plan = retraining(src)
+    epochs, why_epochs, decay = plan.epochs, plan.why, plan.decay
 
     x_all = np.concatenate([splits.train.x, splits.val.x])
     y_all = np.concatenate([splits.train.y, splits.val.y])
     x_test, y_test = splits.test.x, splits.test.y
     framework = src.loaded.spec.train.backend
     what = (f"retraining trial {src.trial} on train+val ({len(y_all)} images, {epochs} epochs: {why_epochs}"
+            + (f"; the learning rate decays after epoch {decay[0]}, as in the search" if decay else "")
             + (f", Keras on {framework} in a worker process)" if framework != "tensorflow" else ")")
             + (f", then pruning to {sparsity:.0%} over {cfg.finetune_epochs} fine-tuning epochs" if sparsity else ""))
 
@@ -200,12 +212,12 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         with console.status(what + "; TensorFlow is not installed: no SavedModel or TFLite"):
             training, report, artifacts, reference = run_in_framework(
                 fw.Setup.of(src.loaded.spec.train), retrain_and_export, str(out), formats, cand, x_all, y_all,
-                x_test, y_test, epochs, seed, sparsity, cfg)
+                x_test, y_test, epochs, seed, sparsity, cfg, decay)
     elif framework == "tensorflow":
         prepare_tensorflow(src.loaded.spec.train.deterministic)
         with console.status(what), silenced_stderr():
             model, training, report = retrain(cand, x_all, y_all, x_test, y_test, epochs, seed, sparsity,
-                                              cfg.finetune_epochs)
+                                              cfg.finetune_epochs, decay)
     else:
         # Trained on the spec's framework, in a process of its own (Keras fixes its framework per process);
         # converted here, by TensorFlow, from the framework-neutral .keras file it saved.
@@ -217,7 +229,7 @@ def _export(run_dir: Path, opts: ExportOptions, console: Console) -> dict[str, A
         with console.status(what):
             training, report = run_in_framework(
                 fw.Setup.of(src.loaded.spec.train), retrain_to_file, str(retrained), cand, x_all, y_all, x_test,
-                y_test, epochs, seed, sparsity, cfg.finetune_epochs)
+                y_test, epochs, seed, sparsity, cfg.finetune_epochs, decay)
         prepare_tensorflow(src.loaded.spec.train.deterministic)
         import keras
 

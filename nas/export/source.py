@@ -138,18 +138,33 @@ def candidate(src: ExportSource, info: DataInfo) -> Candidate:
     return SearchSpace(src.loaded.spec).decode(src.params, info)
 
 
-def retrain_epochs(src: ExportSource) -> tuple[int, str]:
-    """The epochs to retrain the winner for, and why: export.retrain_epochs if set; else train.epochs, or the
-    trial's best epoch where the search trained it past them (the endgame's finalist, search.endgame), so that
-    the export trains it as long as the search found it good."""
+@dataclass(frozen=True)
+class Retraining:
+    """How `nas export` retrains the winner: for `epochs` (and `why`); `decay`: the (first, last) epochs of the
+    learning-rate decay the search's endgame gave it (search.endgame), replayed so the export trains as it did."""
+
+    epochs: int
+    why: str
+    decay: tuple[int, int] | None = None
+
+
+def retraining(src: ExportSource) -> Retraining:
+    """export.retrain_epochs if set; else train.epochs, or the trial's best epoch where the search trained it
+    past them (the endgame's finalist, search.endgame), so that the export trains it as long as the search found
+    it good. A finalist's decay is replayed wherever the retraining reaches it, not with export.retrain_epochs
+    (a length the user chose, under the trial's own train.schedule)."""
     cfg, epochs = src.loaded.spec.export, src.loaded.spec.train.epochs
     if cfg.retrain_epochs:
-        return cfg.retrain_epochs, "export.retrain_epochs"
+        return Retraining(cfg.retrain_epochs, "export.retrain_epochs")
     try:
         best = json.loads((src.run.best / "metrics.json").read_text())
     except (OSError, ValueError):
         best = {}
-    searched = best.get("best_epoch") if best.get("trial") == src.trial else None
+    if best.get("trial") != src.trial:
+        return Retraining(epochs, "train.epochs")  # another trial (--trial N): its own history is not on record
+    searched, why = best.get("best_epoch"), "train.epochs"
     if isinstance(searched, (int, float)) and searched > epochs:
-        return int(searched), f"its best epoch in the search, past train.epochs {epochs}"
-    return epochs, "train.epochs"
+        epochs, why = int(searched), f"its best epoch in the search, past train.epochs {epochs}"
+    span = best.get("lr_decay")
+    decay = (int(span[0]), int(span[1])) if isinstance(span, list) and len(span) == 2 else None
+    return Retraining(epochs, why, decay if decay and epochs > decay[0] else None)

@@ -37,25 +37,33 @@ def test_a_failing_format_is_recorded_and_the_rest_survive(tmp_path, monkeypatch
 
 def test_the_winner_is_retrained_as_long_as_the_search_found_it_good(tmp_path) -> None:
     """export.retrain_epochs when set; else train.epochs, or the winner's best epoch where the endgame trained it
-    past them (search.endgame): retraining a 20-epoch finalist for 12 epochs would export a weaker model."""
+    past them (search.endgame): retraining a 20-epoch finalist for 12 epochs would export a weaker model. The
+    finalist's learning-rate decay (best/metrics.json's lr_decay) is replayed wherever the retraining reaches it."""
     import json
     from pathlib import Path
     from types import SimpleNamespace
 
-    from nas.export.source import ExportSource, retrain_epochs
+    from nas.export.source import ExportSource, Retraining, retraining
     from nas.rundir import RunDir
     from nas.spec import parse_spec
 
     run = RunDir(Path(tmp_path))
     run.best.mkdir(parents=True)
-    (run.best / "metrics.json").write_text(json.dumps({"trial": 3, "best_epoch": 20.0}))
 
-    def epochs(trial: int, extra: str = "") -> tuple[int, str]:
+    def plan(trial: int, extra: str = "", **best: object) -> Retraining:
+        (run.best / "metrics.json").write_text(json.dumps({"trial": 3, **best}))
         spec = parse_spec(f"name: e\ndata: {{source: digits}}\nspace: {{depth: 1}}\ntrain: {{epochs: 12}}\n{extra}")
-        return retrain_epochs(ExportSource(run, SimpleNamespace(spec=spec), trial, {}, {}))  # type: ignore[arg-type]
+        return retraining(ExportSource(run, SimpleNamespace(spec=spec), trial, {}, {}))  # type: ignore[arg-type]
 
-    assert epochs(3) == (20, "its best epoch in the search, past train.epochs 12")
-    assert epochs(4) == (12, "train.epochs")  # another trial (--trial 4): its own epochs are not on record
-    assert epochs(3, "export: {retrain_epochs: 5}\n") == (5, "export.retrain_epochs")
-    (run.best / "metrics.json").write_text(json.dumps({"trial": 3, "best_epoch": 8.0}))
-    assert epochs(3) == (12, "train.epochs")  # best before train.epochs: the usual retraining
+    past = "its best epoch in the search, past train.epochs 12"
+    assert plan(3, best_epoch=20.0) == Retraining(20, past)
+    assert plan(4, best_epoch=20.0) == Retraining(12, "train.epochs")  # --trial 4: its epochs are not on record
+    assert plan(3, "export: {retrain_epochs: 5}\n", best_epoch=20.0) == Retraining(5, "export.retrain_epochs")
+    assert plan(3, best_epoch=8.0) == Retraining(12, "train.epochs")  # best before train.epochs: the usual retraining
+    # the finalist paused at 9 and trained on to 22, its rate decaying: the retraining decays it the same way
+    assert plan(3, best_epoch=21.0, lr_decay=[9, 22]) == Retraining(21, past, (9, 22))
+    assert plan(3, best_epoch=11.0, lr_decay=[9, 22]) == Retraining(12, "train.epochs", (9, 22))
+    assert plan(3, best_epoch=8.0, lr_decay=[12, 22]) == Retraining(12, "train.epochs")  # never reaches the decay
+    assert plan(4, best_epoch=21.0, lr_decay=[9, 22]) == Retraining(12, "train.epochs")
+    assert plan(3, "export: {retrain_epochs: 30}\n", best_epoch=21.0, lr_decay=[9, 22]) == \
+        Retraining(30, "export.retrain_epochs")
