@@ -37,11 +37,15 @@ lint: $(TESTSTAMP)
 	$(BIN)/ruff check nas
 	$(BIN)/mypy nas
 
+# Two pytest workers, a test file each at a time (--dist loadfile keeps a module's shared servers in one worker):
+# much of a test's time is single-threaded (imports, subprocess start-up, servers), so two halve the suite on
+# 2 cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # Fashion-MNIST (60k/10k gzipped IDX files) from the Debian package dataset-fashion-mnist, into data/.
 data:

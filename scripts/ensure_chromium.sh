@@ -4,6 +4,10 @@
 # (refreshing the index only when apt does not know the package); otherwise it says what to run.
 set -euo pipefail
 
+# One at a time: two pytest workers may both ask for the browser, and apt/dpkg allow one install at a time.
+exec 9>"${TMPDIR:-/tmp}/nas-ensure-chromium.lock"
+flock 9
+
 for name in chromium chromium-browser google-chrome; do
     if path="$(command -v "$name")"; then
         echo "$path"
