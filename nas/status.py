@@ -68,10 +68,11 @@ def show(run_dir: Path, console: Console, top: int = 10) -> None:
         console.print(f"best: trial {data.best.get('trial')}, val_accuracy {_f(data.best.get('val_accuracy'))}, "
                       f"test_accuracy {_f(data.best.get('test_accuracy'))} (held out)"
                       + (" (paused at a rung when the search ended)" if data.best.get("state") == "paused" else ""))
-    elif not data.finished().empty:
-        r = data.finished().iloc[0]
-        console.print(f"best so far: trial {int(r['trial'])}, {data.metric} {_f(r[data.metric])} "
-                      "(test accuracy is measured when the search ends)")
+    elif not data.contenders().empty:  # a paused trial may lead (pruner asha): the leaderboard's order says
+        r = data.contenders().iloc[0]
+        console.print(f"best so far: trial {int(r['trial'])}, {data.metric} {_f(r[data.metric])}"
+                      + (" (paused at a rung)" if r["state"] == "paused" else "")
+                      + " (test accuracy is measured when the search ends)")
     if board.empty:
         console.print("no trial has finished yet" + (" (the first one is training)" if holder else ""))
         return

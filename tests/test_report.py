@@ -200,3 +200,45 @@ def test_a_failing_report_only_warns_at_the_end_of_a_search(tmp_path: Path, monk
     out = io.StringIO()
     assert report.report_after_search(tmp_path, Console(file=out, width=200)) is None
     assert "warning" in out.getvalue() and "disk full" in out.getvalue() and "nas report" in out.getvalue()
+
+
+def test_a_paused_leader_is_the_best_so_far_in_status_and_the_report(tmp_path: Path) -> None:
+    """The 1-hour budget search of bench/RESULTS.md: its best configurations waited, paused, at the epoch-9 rung
+    and one trial finished, far behind. `nas status` and the report rank the paused leader first (the winner rule,
+    nas.trial.competing_value), not the finished straggler, and do not say that no trial finished; with
+    search.constraints a paused trial cannot win, so there they show the finished one."""
+    import io
+
+    from rich.console import Console
+
+    from nas.leaderboard import frame
+    from nas.report import write_report
+    from nas.spec import parse_spec
+    from nas.status import show
+
+    def row(trial: int, state: str, val: float | None, **extra: object) -> dict:
+        return {"trial": trial, "state": state, "reason": "", "params": 83_450.0, "epochs_run": 9.0,
+                "val_samples": 6000.0, "param.depth": 2, **({"val_accuracy": val} if val is not None else {}), **extra}
+
+    trials = [row(21, "finished", 0.8857), row(15, "paused", 0.9158), row(11, "paused", 0.9065),
+              row(3, "pruned", 0.70)]
+    objectives = parse_spec("name: x\ndata: {source: digits}\nspace: {depth: 1}\n").search.objectives
+    run = _fake_run(tmp_path, "", [])
+    frame(trials, objectives).to_csv(run / "leaderboard.csv", index=False)
+
+    out = io.StringIO()
+    show(run, Console(file=out, width=200))
+    assert "best so far: trial 15, val_accuracy 0.9158 (paused at a rung)" in out.getvalue(), out.getvalue()
+    html = write_report(run, log_to_mlflow=False).read_text()
+    assert "No trial finished" not in html and "no trial finished" not in html
+    summary = html.split('<section id="glance"')[1].split("</section>")[0]
+    assert [int(t) for t in re.findall(r"<tr><td>(\d+)</td>", summary)] == [15, 11, 21]  # pruned 3 is no contender
+    assert "<td>paused</td>" in summary
+    assert "trial 15: val_accuracy 0.9158" in html.split('<section id="architectures"')[1]
+
+    # with search.constraints a paused trial (never measured against them) is no contender: the finished one leads
+    constrained = [{**t, "feasible": t["state"] == "finished"} for t in trials]
+    frame(constrained, objectives).to_csv(run / "leaderboard.csv", index=False)
+    out = io.StringIO()
+    show(run, Console(file=out, width=200))
+    assert "best so far: trial 21, val_accuracy 0.8857 (test accuracy" in out.getvalue(), out.getvalue()

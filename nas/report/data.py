@@ -69,6 +69,18 @@ class SearchData:
         df = self.board[self.board["state"] == "finished"]
         return df[pd.to_numeric(df[self.metric], errors="coerce").notna()] if self.metric in df else df.iloc[0:0]
 
+    def contenders(self) -> pd.DataFrame:
+        """The trials that may be the winner, best first: finished ones, and paused ones (pruner asha) where the
+        search lets a paused trial win (its val_accuracy less a margin for noise, nas.trial.competing_value; not
+        with search.constraints or another primary metric). leaderboard.csv is already in that order
+        (nas.leaderboard.frame): a 30-minute search may finish no trial and still have a winner."""
+        if self.board.empty or self.metric not in self.board:
+            return self.board.iloc[0:0]
+        can_pause = self.metric == "val_accuracy" and "feasible" not in self.board
+        states = ["finished", "paused"] if can_pause else ["finished"]
+        df = self.board[self.board["state"].isin(states)]
+        return df[pd.to_numeric(df[self.metric], errors="coerce").notna()]
+
     def param_columns(self) -> list[str]:
         return [c for c in self.board.columns if c.startswith("param.")]
 

@@ -81,19 +81,20 @@ def glance(d: SearchData) -> str:
                      f"{_num(d.best.get('params'), ',.0f')} parameters"
                      + ("; paused at a rung when the search ended, it led every finished trial past the noise of "
                         "the validation split" if d.best.get("state") == "paused" else "")))
-    elif d.finished().empty:
+    elif d.contenders().empty:
         rows.append(("winner", "<b>no trial finished</b>, so there is no best model: see Failures below"))
     else:
         rows.append(("winner", "not measured yet (the search is running or stopped before its end)"))
     body = "<table class=kv>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
-    done = d.finished()
+    done = d.contenders()  # paused trials too, where one may win (SearchData.contenders)
     if not done.empty:
         top = done.head(5)
         pcols = [c for c in d.param_columns() if not c.startswith("param.block.")][:6]
         body += "<h3>Leaderboard (top 5)</h3>" + _table(
-            ["trial", d.metric, "params", "epochs", *[c.removeprefix("param.") for c in pcols]],
-            [[_e(int(r["trial"])), _num(r[d.metric]), _num(r.get("params"), ",.0f"), _num(r.get("epochs_run"), ".0f"),
-              *[_e(_short(r[c])) for c in pcols]] for _, r in top.iterrows()], {1, 2, 3})
+            ["trial", "state", d.metric, "params", "epochs", *[c.removeprefix("param.") for c in pcols]],
+            [[_e(int(r["trial"])), _e(r["state"]), _num(r[d.metric]), _num(r.get("params"), ",.0f"),
+              _num(r.get("epochs_run"), ".0f"), *[_e(_short(r[c])) for c in pcols]] for _, r in top.iterrows()],
+            {2, 3, 4})
     return body
 
 
@@ -141,13 +142,14 @@ def pareto_section(d: SearchData) -> str:
 
 
 def architectures(d: SearchData, top: int = 3) -> str:
-    done = d.finished().head(top)
+    done = d.contenders().head(top)
     if done.empty:
         return _note("no finished trial yet")
     out = []
     for _, row in done.iterrows():
         head = (f"<h3>trial {int(row['trial'])}: {d.metric} {_num(row[d.metric])}, "
-                f"{_num(row.get('params'), ',.0f')} parameters</h3>")
+                f"{_num(row.get('params'), ',.0f')} parameters"
+                + (" (paused at a rung)" if row["state"] == "paused" else "") + "</h3>")
         try:
             arch = trial_arch(d, row)
             drawn = [f"<div class=blk><b>input</b><span class=shape>{_e('x'.join(map(str, arch.input_shape)))}</span>"
@@ -205,8 +207,7 @@ def render(d: SearchData) -> str:
         except Exception as e:  # one broken section never costs the page
             content = _note(f"this section failed: {type(e).__name__}: {str(e)[:300]}")
         body.append(f'<section id="{key}"><h2>{_e(title)}</h2>{content}</section>')
-    finished = d.finished()
-    banner = ("" if not finished.empty else
+    banner = ("" if not d.contenders().empty else
               "<p class=warn><b>No trial finished in this search.</b> The sections below say what ran and why "
               "trials stopped.</p>")
     notes = "".join(_note(n) for n in d.notes)
