@@ -3,6 +3,7 @@
     .venv/bin/python bench/peers/run.py nas --budget 30m
     .venv/bin/python bench/peers/run.py keras_tuner --budget 1h
     .venv/bin/python bench/peers/run.py all --budget 30m       # floor, optuna, keras_tuner, nas: one at a time
+    .venv/bin/python bench/peers/run.py nas --budget 30m --set search.endgame=0.3   # a spec key changed
 
 Tools: nas (`nas search` on a copy of search_spaces/fashion_mnist.yaml with an absolute data source and
 export.after_search false), keras_tuner, optuna, floor (bench/peers/*.py). "wall used" is measured here,
@@ -36,9 +37,16 @@ HEADER = ("| date | tool | budget | wall used | result ready at | test acc | tri
           "| load 1m | notes | command |")
 
 
-def nas_command(work: Path, budget: str) -> tuple[list[str], Path]:
+def nas_command(work: Path, budget: str, overrides: list[str] = ()) -> tuple[list[str], Path]:
     spec = yaml.safe_load((REPO / "search_spaces" / "fashion_mnist.yaml").read_text())
     spec["data"]["source"] = f"idx:{DATA}"
+    for item in overrides:  # --set a.b=value: the value as YAML reads it (0.3, true, [1, 2])
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = spec
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     spec.setdefault("export", {})["after_search"] = False
     path = work / "fashion_mnist.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -73,11 +81,11 @@ def nas_result(run_dir: Path, started_at: float) -> dict:
                      f"training; best trial {metrics['trial']}; epochs on rung subsets count whole"}
 
 
-def run(tool: str, budget: str, base: Path, results: Path) -> None:
+def run(tool: str, budget: str, base: Path, results: Path, overrides: list[str] = ()) -> None:
     work = base / f"{tool}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     if tool == "nas":
-        cmd, run_dir = nas_command(work, budget)
+        cmd, run_dir = nas_command(work, budget, overrides)
     else:
         cmd = [sys.executable, str(HERE / SCRIPTS[tool]), "--budget", budget, "--workdir", str(work),
                "--out", str(work / "result.json")]
@@ -97,7 +105,8 @@ def run(tool: str, budget: str, base: Path, results: Path) -> None:
     over = wall - seconds(budget)
     row = (f"| {time.strftime('%Y-%m-%d %H:%M')} | {tool} | {budget} | {wall:.0f}s"
            f"{f' (+{over:.0f}s over)' if over > 0.5 else ''} | {r['wall_s']} | {r['test_accuracy']} "
-           f"| {r['trials_started']} / {r['trials_finished']} | {r['epochs']} | {load:.1f} | {r['notes']} "
+           f"| {r['trials_started']} / {r['trials_finished']} | {r['epochs']} | {load:.1f} | {r['notes']}"
+           f"{''.join(f'; spec {o}' for o in overrides) if tool == 'nas' else ''} "
            f"| `{shlex.join(cmd)}` |")
     print(row, flush=True)
     text = results.read_text() if results.exists() else HEADER + "\n|" + "---|" * HEADER.count(" | ") + "---|\n"
@@ -110,10 +119,14 @@ def main() -> None:
     ap.add_argument("--budget", required=True, help="e.g. 90s, 30m, 1h")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/nas-peers"), help="logs, run dirs, checkpoints")
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md", help="the table to append to")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="nas only: change a key of the shipped spec, e.g. search.endgame=0.3 (repeatable)")
     args = ap.parse_args()
+    if bad := [o for o in args.overrides if "=" not in o or not o.partition("=")[0]]:
+        ap.error(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. search.endgame=0.3")
     seconds(args.budget)  # fail early on a bad budget
     for tool in TOOLS if args.tool == "all" else [args.tool]:
-        run(tool, args.budget, args.workdir, args.results)
+        run(tool, args.budget, args.workdir, args.results, args.overrides)
 
 
 if __name__ == "__main__":
