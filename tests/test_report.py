@@ -235,6 +235,8 @@ def test_a_paused_leader_is_the_best_so_far_in_status_and_the_report(tmp_path: P
     assert [int(t) for t in re.findall(r"<tr><td>(\d+)</td>", summary)] == [15, 11, 21]  # pruned 3 is no contender
     assert "<td>paused</td>" in summary
     assert "trial 15: val_accuracy 0.9158" in html.split('<section id="architectures"')[1]
+    history = html.split('<section id="history"')[1].split("</section>")[0]
+    assert "<svg" in history and "paused at a rung" in history  # the paused trials, drawn hollow
 
     # with search.constraints a paused trial (never measured against them) is no contender: the finished one leads
     constrained = [{**t, "feasible": t["state"] == "finished"} for t in trials]

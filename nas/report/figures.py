@@ -35,16 +35,21 @@ def _svg(fig: Any) -> str:
 
 
 def history(data: SearchData) -> str | None:
-    """Objective per trial and the best so far, over trial numbers and over wall-clock time."""
-    done = data.finished().sort_values("trial")
+    """Objective per trial and the best so far, over trial numbers and over wall-clock time: finished trials, and
+    paused ones (hollow, their value where they paused) where one may win (SearchData.contenders)."""
+    done = data.contenders().sort_values("trial")
     if done.empty:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     metric = data.metric
     best = done[metric].cummin() if data.minimize else done[metric].cummax()
+    paused = done["state"] == "paused"
     ax = axes[0]
-    ax.scatter(done["trial"], done[metric], s=18, label=f"trial {metric}")
+    ax.scatter(done["trial"][~paused], done[metric][~paused], s=18, label=f"trial {metric}")
+    if paused.any():
+        ax.scatter(done["trial"][paused], done[metric][paused], s=18, facecolors="none", edgecolors="#1f77b4",
+                   label="paused at a rung")
     ax.step(done["trial"], best, where="post", color="#2ca02c", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
@@ -60,7 +65,8 @@ def history(data: SearchData) -> str | None:
         ends = done["trial"].map(cum)
         ax.set_xlabel("minutes of training (summed)")
     order = ends.sort_values().index
-    ax.scatter(ends, done[metric], s=18)
+    ax.scatter(ends[~paused], done[metric][~paused], s=18)
+    ax.scatter(ends[paused], done[metric][paused], s=18, facecolors="none", edgecolors="#1f77b4")
     vals = done.loc[order, metric]
     ax.step(ends.loc[order], vals.cummin() if data.minimize else vals.cummax(), where="post", color="#2ca02c")
     ax.set_ylabel(metric)

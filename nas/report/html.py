@@ -104,7 +104,7 @@ def _short(v: Any) -> str:
 
 def history(d: SearchData) -> str:
     svg = figures.history(d)
-    return svg or _note("no finished trial yet: nothing to plot")
+    return svg or _note("no finished (or leading paused) trial yet: nothing to plot")
 
 
 def curves(d: SearchData) -> str:
