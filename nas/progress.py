@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from nas.trial import TrialState, tally
+from nas.trial import TrialState, competing_value, tally
 
 STYLES = {TrialState.FINISHED: "green", TrialState.PRUNED: "yellow", TrialState.PAUSED: "cyan",
           TrialState.DIVERGED: "magenta", TrialState.FAILED: "red"}
@@ -36,11 +36,14 @@ class _Counts:
     def __init__(self) -> None:
         self.total = self.epochs = 0
         self.by_state = tally(())
-        self.best: float | None = None
+        self.best: float | None = None  # the leader's val_accuracy
+        self.best_score: float | None = None  # what it competes with (nas.trial.competing_value)
+        self.best_paused = False  # the leader waits at a rung (pruner asha): best/ holds its best epoch
         self.running: dict[int, tuple[int, float | None]] = {}  # trial -> (epoch, val_accuracy), every worker's
 
     def start(self, total: int, counts: dict[TrialState, int], best: float | None, epochs: int) -> None:
         self.total, self.by_state, self.best, self.epochs = total, dict(counts), best, epochs
+        self.best_score = best
 
     @property
     def done(self) -> int:
@@ -56,9 +59,15 @@ class _Counts:
         if continues is not None and self.by_state[TrialState.PAUSED] > 0:
             self.by_state[TrialState.PAUSED] -= 1  # one configuration: counted once, in its latest state
         self.by_state[state] += 1
+        # the winner rule, as best/ follows it: a paused trial leads once it beats the rest past the noise
         val = metrics.get("val_accuracy")
-        if state == TrialState.FINISHED and val is not None and (self.best is None or val > self.best):
-            self.best = val
+        score = competing_value(state, "val_accuracy", val if val is not None else math.nan,
+                                metrics.get("val_samples"))
+        if math.isfinite(score) and (self.best_score is None or score > self.best_score):
+            self.best, self.best_score, self.best_paused = val, score, state == TrialState.PAUSED
+
+    def best_text(self) -> str:
+        return _fmt(self.best) + (" (paused)" if self.best_paused else "")
 
 
 class RichReporter:
@@ -77,7 +86,7 @@ class RichReporter:
 
     def _status(self) -> Text:
         c = self.c
-        return Text.assemble("best val_acc ", (_fmt(c.best), "bold green"), f"  |  {c.others()}")
+        return Text.assemble("best val_acc ", (c.best_text(), "bold green"), f"  |  {c.others()}")
 
     def _running(self) -> list[Text]:
         """One line per running trial (several with --workers), or "between trials"."""
@@ -155,7 +164,7 @@ class PlainReporter:
         detail = f"val_accuracy {_fmt(metrics.get('val_accuracy'))}" if state == TrialState.FINISHED else reason or ""
         others = self.c.others().replace("  ", ", ")
         self._print(f"trial {number:>3} {state.value:<8} {detail} [{self.c.done}/{self.c.total}, best "
-                    f"{_fmt(self.c.best)}, {others}, {time.monotonic() - self.t0:.0f}s]")
+                    f"{self.c.best_text()}, {others}, {time.monotonic() - self.t0:.0f}s]")
 
     def close(self) -> None:
         pass

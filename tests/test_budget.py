@@ -283,3 +283,27 @@ def test_a_paused_trial_that_leads_every_finished_one_past_the_noise_is_the_winn
     assert json.loads((run.best / "trial.json").read_text())["lr_decay"] == [9, 22]
     _measure_best(run, runner, spec, "hash", "digits", NullTracker(), Console(file=io.StringIO()))
     assert json.loads((run.best / "metrics.json").read_text())["lr_decay"] == [9, 22]
+
+
+def test_the_progress_line_names_a_paused_leader_as_best_by_the_winner_rule() -> None:
+    """Under a budget with pruner asha most trials pause at a rung; the progress line's "best" said "-" for the
+    first 20 minutes of a 30-minute search while best/ already held a paused trial's model. It now follows the
+    winner rule (nas.trial.competing_value), and says when the leader is paused."""
+    from nas.progress import PlainReporter
+    from nas.trial import TrialState, tally
+
+    out = io.StringIO()
+    reporter = PlainReporter(out)
+    reporter.search_started(total=10, counts=tally(()), best=None, epochs=9)
+
+    def trial(number: int, state: TrialState, val: float) -> str:
+        reporter.trial_finished(number, state, {"val_accuracy": val, "val_samples": 6000.0}, "r")
+        return out.getvalue().splitlines()[-1]
+
+    assert "best 0.9000 (paused)," in trial(0, TrialState.PAUSED, 0.90)
+    assert "best 0.9000 (paused)," in trial(1, TrialState.FINISHED, 0.88)  # behind 0.90 less its margin (0.011)
+    assert "best 0.8950," in trial(2, TrialState.FINISHED, 0.895)  # inside the margin: the finished trial leads
+    assert "best 0.8950," in trial(3, TrialState.PAUSED, 0.90)  # 0.90 less 0.011 does not beat 0.895
+    assert "best 0.9200 (paused)," in trial(4, TrialState.PAUSED, 0.92)
+    assert "best 0.9300," in trial(5, TrialState.FINISHED, 0.93)
+    assert "best 0.9300," in trial(6, TrialState.PRUNED, 0.99)  # pruned for good: never the best
