@@ -64,12 +64,13 @@ def show(run_dir: Path, console: Console, top: int = 10) -> None:
     tally = ", ".join(f"{n} {s}" for s, n in counts.items())
     console.print(f"[bold]{data.name}[/] ({data.run_dir}): {state}")
     console.print(f"progress: {done} of {total if total is not None else '?'} trials done ({tally})")
+    leaders = data.contenders()  # a paused trial may lead (pruner asha): the leaderboard's order says
     if data.best:
         console.print(f"best: trial {data.best.get('trial')}, val_accuracy {_f(data.best.get('val_accuracy'))}, "
                       f"test_accuracy {_f(data.best.get('test_accuracy'))} (held out)"
                       + (" (paused at a rung when the search ended)" if data.best.get("state") == "paused" else ""))
-    elif not data.contenders().empty:  # a paused trial may lead (pruner asha): the leaderboard's order says
-        r = data.contenders().iloc[0]
+    elif not leaders.empty:
+        r = leaders.iloc[0]
         console.print(f"best so far: trial {int(r['trial'])}, {data.metric} {_f(r[data.metric])}"
                       + (" (paused at a rung)" if r["state"] == "paused" else "")
                       + " (test accuracy is measured when the search ends)")
