@@ -87,6 +87,27 @@ def _wait_for_two_training(search: Search, db: Path) -> None:
     wait_for(search, "two trials training at once", two_training, timeout=400)
 
 
+def _kill_a_worker_mid_trial(search: Search, db: Path) -> None:
+    """SIGKILL one worker while it is inside a trial. Workers outlive their trials, so a worker seen training a
+    moment ago may be idle between trials by the time the signal lands (a race that once failed CI): freeze both
+    workers, give the search a moment to record whatever they had already sent, and kill only if two trials are
+    still running; otherwise thaw them and try again."""
+    for _ in range(20):
+        _wait_for_two_training(search, db)
+        workers = _worker_processes(search)
+        assert len(workers) == 2, workers
+        for w in workers:
+            w.suspend()
+        time.sleep(2)
+        if sum(1 for _, state, _, _ in poll_trials(db) if state == "RUNNING") >= 2:
+            workers[1].send_signal(signal.SIGKILL)
+            workers[0].resume()
+            return
+        for w in workers:
+            w.resume()
+    raise AssertionError("never caught two workers inside their trials at once")
+
+
 @pytest.mark.slow
 def test_two_workers_train_at_once_and_count_trials_exactly(tiny_spec, tmp_path: Path) -> None:
     spec, runs = tiny_spec(trials=6, epochs=4), tmp_path / "runs"
@@ -122,10 +143,7 @@ def test_a_killed_worker_fails_one_trial_and_the_search_goes_on(tiny_spec, tmp_p
     spec, runs = tiny_spec(trials=5, epochs=6), tmp_path / "runs"
     db = runs / "tiny" / "study.db"
     search = Search(spec, runs, "w2", extra=["--workers", "2"])
-    _wait_for_two_training(search, db)
-    workers = _worker_processes(search)
-    assert len(workers) == 2, workers
-    workers[1].send_signal(signal.SIGKILL)
+    _kill_a_worker_mid_trial(search, db)
     assert search.wait(600) == 0, search.stdout() + search.stderr()
 
     trials = study_trials(db)
