@@ -254,7 +254,7 @@ class SearchSpec(Section):
     budget: Duration = Field(None, description="the whole search ends by then, e.g. 30m: a trial still running is "
                              "stopped and its best epoch stands; a probe plans the budget first")
     endgame: float = Field(
-        0.2, ge=0, lt=1, description="under search.budget with pruner asha: in the last share of the budget the "
+        0.3, ge=0, lt=1, description="under search.budget with pruner asha: in the last share of the budget the "
         "best paused trial goes on before anything else, and trains on to the deadline (past train.epochs, while "
         "it improves, when its learning rate is a plain constant); 0: only once the time left is what it needs to "
         "finish its epochs")
