@@ -78,13 +78,14 @@ def _worker_processes(search: Search) -> list[psutil.Process]:
     return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
 
 
+def _running(db: Path, trained: int = 0) -> int:
+    """How many trials of the study in `db` run and have reported at least `trained` epochs."""
+    return sum(1 for _, state, _, epochs in poll_trials(db) if state == "RUNNING" and epochs >= trained)
+
+
 def _wait_for_two_training(search: Search, db: Path) -> None:
     """Until two trials of the study in `db` have each trained an epoch and still run."""
-
-    def two_training() -> bool:
-        return sum(1 for _, state, _, epochs in poll_trials(db) if state == "RUNNING" and epochs >= 1) >= 2
-
-    wait_for(search, "two trials training at once", two_training, timeout=400)
+    wait_for(search, "two trials training at once", lambda: _running(db, trained=1) >= 2, timeout=400)
 
 
 def _kill_a_worker_mid_trial(search: Search, db: Path) -> None:
@@ -99,7 +100,7 @@ def _kill_a_worker_mid_trial(search: Search, db: Path) -> None:
         for w in workers:
             w.suspend()
         time.sleep(2)
-        if sum(1 for _, state, _, _ in poll_trials(db) if state == "RUNNING") >= 2:
+        if _running(db) >= 2:
             workers[1].send_signal(signal.SIGKILL)
             workers[0].resume()
             return
